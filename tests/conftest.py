@@ -1,0 +1,86 @@
+"""Shared fixtures: which ClickHouse the warehouse tests run against.
+
+Order: ``BATCHOBS_TEST_CLICKHOUSE_URL`` if set; else a testcontainers
+ClickHouse if a Docker daemon answers; else the embedded server (chDB behind
+ClickHouse's HTTP interface), started once per session on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warehouse import embedded
+from warehouse.connection import ClickHouseSettings
+from warehouse.migrate import apply
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no daemon here"
+        return False
+
+
+@pytest.fixture(scope="session")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSettings]:
+    """Connection settings of the ClickHouse chosen for this session (database ``default``)."""
+    url = os.environ.get("BATCHOBS_TEST_CLICKHOUSE_URL")
+    if url:
+        yield ClickHouseSettings.from_url(url)
+        return
+    if _docker_answers():
+        from testcontainers.clickhouse import ClickHouseContainer
+
+        with ClickHouseContainer("clickhouse/clickhouse-server:25.8") as ch:
+            yield ClickHouseSettings(ch.get_container_host_ip(), int(ch.get_exposed_port(8123)),
+                                     "default", ch.username, ch.password)
+        return
+    server = embedded.start(tmp_path_factory.mktemp("warehouse"))
+    try:
+        yield ClickHouseSettings.from_url(server.url + "/default")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(clickhouse: ClickHouseSettings) -> Any:
+    return clickhouse.client()
+
+
+@pytest.fixture
+def database(clickhouse: ClickHouseSettings, admin: Any) -> Iterator[ClickHouseSettings]:
+    """A fresh, migrated database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    apply(admin, name, retention_days=400)
+    yield ClickHouseSettings(clickhouse.host, clickhouse.port, name, clickhouse.username,
+                             clickhouse.password, clickhouse.secure)
+    admin.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedServer]:
+    """The embedded server itself (for tests of its HTTP behaviour), once per session."""
+    server = embedded.start(tmp_path_factory.mktemp("embedded"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+@pytest.fixture
+def fresh_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
