@@ -146,6 +146,26 @@ class TestHttpSemantics:
         assert 200 == raw(url, "POST", "/?query=INSERT%20INTO%20default.inl%20FORMAT%20CSV", b"2,y\n3,z\n")[0]
         assert b"3\t6\n" == raw(url, "POST", "/", b"SELECT count(), sum(a) FROM default.inl")[2]
 
+    @pytest.mark.parametrize(
+        ("ddl", "rows", "code"),
+        [
+            ("(x UInt32, CONSTRAINT small CHECK x < 5) ENGINE = MergeTree ORDER BY x",
+             b"".join(b'{"x":%d}\n' % i for i in range(10)), "469"),
+            ("(d Date) ENGINE = MergeTree PARTITION BY d ORDER BY d",
+             b"".join(b'{"d":"2020-01-01"}\n'.replace(b"01-01", b"%02d-%02d" % (1 + i // 28, 1 + i % 28))
+                      for i in range(200)), "252"),
+        ],
+    )
+    def test_rejected_insert_is_an_error_not_a_silent_loss(self, url: str, ddl: str, rows: bytes,
+                                                           code: str) -> None:
+        """Rows the table refuses (constraint, too many partitions) fail the insert loudly."""
+        table = f"default.rej_{uuid.uuid4().hex[:8]}"
+        assert 200 == raw(url, "POST", "/", f"CREATE TABLE {table} {ddl}".encode())[0]
+        status, headers, body = raw(url, "POST", "/", f"INSERT INTO {table} FORMAT JSONEachRow\n".encode() + rows)
+        assert (code, b"0\n") == (headers.get("x-clickhouse-exception-code"),
+                                  raw(url, "POST", "/", f"SELECT count() FROM {table}".encode())[2])
+        assert status >= 400
+
     def test_chunked_request_body(self, url: str) -> None:
         """A chunked, streamed request body is read to the end."""
         raw(url, "POST", "/", b"CREATE TABLE IF NOT EXISTS default.chk (a UInt32) ENGINE = Memory")

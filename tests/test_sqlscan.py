@@ -48,7 +48,8 @@ class TestInsertHead:
         text = 'INSERT INTO t (a, "format") SETTINGS x=1 FORMAT JSONEachRow\n{"a":1}\n'
         head = parse_insert_head(text, final=True)
         assert head is not None
-        assert ('INSERT INTO t (a, "format") SETTINGS x=1', "JSONEachRow") == (head.sql, head.format)
+        assert ('INSERT INTO t (a, "format")', "SETTINGS x=1", "JSONEachRow") == (
+            head.sql, head.settings, head.format)
         assert '{"a":1}\n' == text[head.data_start:]
 
     def test_values_and_select_have_no_inline_data(self) -> None:

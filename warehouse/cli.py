@@ -84,12 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate() -> int:
-    from .connection import ClickHouseSettings, resolve
+    from .connection import resolve
     from .migrate import apply, retention_days_from_env
 
     settings = resolve()
-    admin = ClickHouseSettings(settings.host, settings.port, "default", settings.username,
-                               settings.password, settings.secure).client()
+    admin = settings.with_database("default").client()
     done = apply(admin, settings.database, retention_days_from_env())
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "none (up to date)"
     print(f"{settings.url}: applied {names}")

@@ -9,6 +9,7 @@ in ``repr``, logs or error text.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -70,6 +71,9 @@ class ClickHouseSettings:
         scheme = "https" if self.secure else "http"
         return f"{scheme}://{auth}@{self.host}:{self.port}/{self.database}"
 
+    def with_database(self, database: str) -> ClickHouseSettings:
+        return dataclasses.replace(self, database=database)
+
     def client(self, **kwargs: Any) -> Any:
         import clickhouse_connect
 
@@ -102,10 +106,9 @@ def resolve(env: Mapping[str, str] = os.environ, start_embedded: bool = True) ->
 def connect(database: str | None = None, env: Mapping[str, str] = os.environ, **kwargs: Any) -> Any:
     """A clickhouse-connect client for the configured (or embedded) warehouse.
 
-    ``database=""`` connects without selecting one (for creating it).
+    ``database="default"`` connects to the server's default database (to create ours).
     """
     settings = resolve(env)
     if database is not None:
-        settings = ClickHouseSettings(settings.host, settings.port, database, settings.username,
-                                      settings.password, settings.secure)
+        settings = settings.with_database(database)
     return settings.client(**kwargs)

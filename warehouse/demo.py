@@ -61,8 +61,7 @@ def run(runs: int = 5) -> int:
     console.print(f"[bold]warehouse[/] {settings.url}")
     try:
         with console.status("migrating"):
-            admin = ClickHouseSettings(settings.host, settings.port, "default", settings.username,
-                                       settings.password, settings.secure).client()
+            admin = settings.with_database("default").client()
             applied = apply(admin, settings.database, retention_days_from_env())
         console.print(f"[bold]migrations[/] applied {len(applied)} (idempotent)")
         client = settings.client()

@@ -11,13 +11,16 @@ import base64
 import hmac
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,6 +36,7 @@ from .engine import (
     EngineConnection,
     EngineError,
     Sessions,
+    quote,
 )
 
 __all__ = ["ClickHouseHTTPServer"]
@@ -101,6 +105,7 @@ class ClickHouseHTTPServer(ThreadingHTTPServer):
         self.user = user
         self.password = password
         self.display_name = "batchobs-chdb"
+        self.insert_spool = Path(engine.path) / "tmp-inserts"
         self.active_requests = 0
         self._active_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -255,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self._connection(params) as conn:
             conn.prepare(settings, params.get("database") or None)
             if insert is not None:
-                summary = _insert(conn, insert, head, rest)
+                summary = _insert(conn, insert, head, rest, self.server.insert_spool)
                 self._send_summary(query_id, summary, started)
                 return
             self._query(conn, parsed, params, query_params, query_id, started)
@@ -444,11 +449,9 @@ def _insert_head(head: bytes, rest: Iterator[bytes]) -> tuple[sqlscan.InsertHead
             raise EngineError.of(SYNTAX_ERROR, f"Syntax error: {exc}") from None
         if found is None:
             return None, head
-        return sqlscan.InsertHead(
-            found.sql.encode("latin-1").decode("utf-8", "replace"),
-            found.format.encode("latin-1").decode("utf-8", "replace"),
-            found.data_start,
-        ), head
+        utf8 = lambda part: part.encode("latin-1").decode("utf-8", "replace")  # noqa: E731
+        return sqlscan.InsertHead(utf8(found.sql), utf8(found.settings), utf8(found.format),
+                                  found.data_start), head
 
 
 def _read_rest(head: bytes, rest: Iterator[bytes]) -> bytes:
@@ -465,30 +468,35 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+_FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
 def _insert(conn: EngineConnection, insert: sqlscan.InsertHead, head: bytes,
-            rest: Iterator[bytes]) -> dict[str, int]:
-    """Stream the inline data into the engine; the insert commits only if all of it parses."""
+            rest: Iterator[bytes], spool_dir: Path) -> dict[str, int]:
+    """Land the inline data: spool the body to a file, then one INSERT ... FROM INFILE.
+
+    chDB 26.9's streaming inserter (``send_insert``) reports rows as written when
+    the table rejects them (constraint violations, too many partitions): the rows
+    are silently lost.  ``FROM INFILE`` raises those errors, and the file keeps
+    memory bounded however large the body.
+    """
+    if not _FORMAT_NAME.match(insert.format):
+        raise EngineError.of(UNKNOWN_FORMAT, f"Unknown input format {insert.format[:64]!r}")
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=spool_dir, suffix=".insert")
     try:
-        inserter = conn.conn.send_insert(insert.sql, insert.format)
-    except Exception as exc:  # noqa: BLE001 - engine errors carry ClickHouse codes
-        raise EngineError.from_exception(exc) from None
-    try:
-        if head:
-            inserter.append(head)
-        for chunk in rest:
-            inserter.append(chunk)
-        result = inserter.finish()
-    except BaseException as exc:
-        try:
-            inserter.cancel()
-        except Exception:  # noqa: BLE001,S110 - the original error is what matters
-            pass
-        if isinstance(exc, (EngineError, ConnectionError)):
-            raise
-        raise EngineError.from_exception(exc) from None
-    return {"read_rows": 0, "read_bytes": 0, "written_rows": result.rows_written,
-            "written_bytes": result.bytes_written, "result_rows": result.rows_written,
-            "result_bytes": 0}
+        with os.fdopen(fd, "wb") as out:
+            if head:
+                out.write(head)
+            for chunk in rest:
+                out.write(chunk)
+        sql = f"{insert.sql} FROM INFILE {quote(name)} {insert.settings} FORMAT {insert.format}"
+        result = conn.query(sql)
+    finally:
+        os.unlink(name)
+    written = result.rows_written()
+    return {"read_rows": 0, "read_bytes": 0, "written_rows": written,
+            "written_bytes": result.bytes_written(), "result_rows": written, "result_bytes": 0}
 
 
 class _OneChunk:

@@ -41,7 +41,8 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class InsertHead:
-    sql: str  # "INSERT INTO t (a, b) [SETTINGS ...]" without FORMAT
+    sql: str  # "INSERT INTO t (a, b)": without SETTINGS and FORMAT
+    settings: str  # "SETTINGS a = 1, ..." or ""
     format: str  # input format of the data
     data_start: int  # offset where the inline data begins
 
@@ -185,7 +186,7 @@ def parse_insert_head(text: str, final: bool) -> InsertHead | None:
     ``SELECT`` form: run it as an ordinary query).  Raises Incomplete when
     ``final`` is false and the head is not yet complete.
     """
-    depth, prev = 0, ""
+    depth, prev, settings_at = 0, "", -1
     it = tokens(text, final)
     for tok in it:
         word = _word(text, tok)
@@ -196,6 +197,8 @@ def parse_insert_head(text: str, final: bool) -> InsertHead | None:
             depth -= 1
         elif depth == 0 and word in ("VALUES", "SELECT", "WITH") and prev not in ("INTO", "TABLE"):
             return None
+        elif depth == 0 and word == "SETTINGS" and settings_at < 0 and prev not in ("INTO", "TABLE", "."):
+            settings_at = tok.start
         elif depth == 0 and word == "FORMAT" and prev not in ("INTO", "TABLE", "FUNCTION", "."):
             name = next(it, None)
             if name is None or (name.end == len(text) and not final):
@@ -205,7 +208,9 @@ def parse_insert_head(text: str, final: bool) -> InsertHead | None:
             data_start = name.end
             if data_start < len(text) and text[data_start] in _SPACE:
                 data_start += 1  # one separator after the name, as ClickHouse reads it
-            return InsertHead(text[: tok.start].strip(), _name(text, name), data_start)
+            cut = settings_at if settings_at >= 0 else tok.start
+            return InsertHead(text[:cut].strip(), text[cut : tok.start].strip(), _name(text, name),
+                              data_start)
         prev = word or ch
     if final:
         return None
