@@ -24,6 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q uv==0.13.8
 	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	rm -rf batchobs.egg-info  # a second copy of the metadata: Airflow would see the plugin twice
 	touch $@
 
 debian:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 __all__ = [
     "COLUMNS",
+    "DAG_RUN",
     "DAG_RUN_STATES",
     "KINDS",
     "MAX_ATTRS",
@@ -28,11 +29,10 @@ __all__ = [
     "MAX_TEXT",
     "RECONCILED_STATES",
     "SCHEMA_VERSION",
-    "TASK_STATES",
-    "DAG_RUN",
     "TASK_INSTANCE",
     "TASK_METRIC",
     "TASK_RECONCILED",
+    "TASK_STATES",
     "ContractError",
     "Event",
     "decode",
@@ -331,7 +331,7 @@ def _validate_kind_fields(e: Event) -> None:
         return
     if not e.task_id:
         raise ContractError("task_id", f"must not be empty for a {e.kind} event")
-    if e.try_number < 1:
+    if e.try_number < 1 and e.kind != TASK_RECONCILED:  # a reconciled task may never have run
         raise ContractError("try_number", f"must be at least 1 for a {e.kind} event")
     if e.kind == TASK_INSTANCE and e.state not in TASK_STATES:
         raise ContractError("state", f"{e.state!r} is not a task state {sorted(TASK_STATES)}")

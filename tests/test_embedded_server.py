@@ -161,7 +161,7 @@ class TestHttpSemantics:
         """Rows the table refuses (constraint, too many partitions) fail the insert loudly."""
         table = f"default.rej_{uuid.uuid4().hex[:8]}"
         assert 200 == raw(url, "POST", "/", f"CREATE TABLE {table} {ddl}".encode())[0]
-        status, headers, body = raw(url, "POST", "/", f"INSERT INTO {table} FORMAT JSONEachRow\n".encode() + rows)
+        status, headers, _body = raw(url, "POST", "/", f"INSERT INTO {table} FORMAT JSONEachRow\n".encode() + rows)
         assert (code, b"0\n") == (headers.get("x-clickhouse-exception-code"),
                                   raw(url, "POST", "/", f"SELECT count() FROM {table}".encode())[2])
         assert status >= 400
@@ -271,12 +271,12 @@ class TestSessions:
     def test_session_check_and_expiry(self, url: str) -> None:
         """session_check=1 fails for an unknown session; an idle session expires."""
         sid = uuid.uuid4().hex
-        status, headers, _ = raw(url, "POST", f"/?session_id={sid}&session_check=1", b"SELECT 1")
+        _, headers, _ = raw(url, "POST", f"/?session_id={sid}&session_check=1", b"SELECT 1")
         assert "372" == headers["x-clickhouse-exception-code"]
         assert 200 == raw(url, "POST", f"/?session_id={sid}&session_timeout=1", b"SELECT 1")[0]
         assert 200 == raw(url, "POST", f"/?session_id={sid}&session_check=1&session_timeout=1", b"SELECT 1")[0]
         time.sleep(3)  # idle past the 1 s timeout and the server's 1 s expiry sweep
-        status, headers, _ = raw(url, "POST", f"/?session_id={sid}&session_check=1&session_timeout=1", b"SELECT 1")
+        _status, headers, _ = raw(url, "POST", f"/?session_id={sid}&session_check=1&session_timeout=1", b"SELECT 1")
         assert "372" == headers["x-clickhouse-exception-code"]
 
     def test_concurrent_use_of_one_session_is_refused(self, url: str) -> None:
@@ -285,7 +285,7 @@ class TestSessions:
         slow = threading.Thread(target=raw, args=(url, "POST", f"/?session_id={sid}", b"SELECT sleep(2)"))
         slow.start()
         time.sleep(0.5)
-        status, headers, _ = raw(url, "POST", f"/?session_id={sid}", b"SELECT 1")
+        _status, headers, _ = raw(url, "POST", f"/?session_id={sid}", b"SELECT 1")
         slow.join(30)
         assert "373" == headers.get("x-clickhouse-exception-code")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from listener.contract import DAG_RUN, TASK_INSTANCE, Event
 
@@ -32,7 +33,7 @@ def history(runs: int, dag_id: str = "etl_orders", instance: str = "demo",
     for r in range(runs):
         logical = start + timedelta(days=r)
         run_id = f"scheduled__{logical.isoformat()}"
-        base = dict(instance=instance, dag_id=dag_id, run_id=run_id, hostname="worker-1",
+        base: dict[str, Any] = dict(instance=instance, dag_id=dag_id, run_id=run_id, hostname="worker-1",
                     run_type="scheduled", logical_date=logical)
         clock = logical + timedelta(minutes=1)
         yield Event(kind=DAG_RUN, state="running", emitted_at=clock, start_date=clock, **base)
@@ -46,7 +47,7 @@ def history(runs: int, dag_id: str = "etl_orders", instance: str = "demo",
         for task_id, map_index, outcomes in plan:
             for try_number, outcome in enumerate(outcomes, start=1):
                 started, ended = clock, clock + timedelta(seconds=10 + try_number)
-                task = dict(base, task_id=task_id, map_index=map_index, try_number=try_number,
+                task: dict[str, Any] = dict(base, task_id=task_id, map_index=map_index, try_number=try_number,
                             max_tries=len(outcomes) if task_id != "extract" else 1,
                             operator="PythonOperator", queue="default", pool="default_pool")
                 yield Event(kind=TASK_INSTANCE, state="running", emitted_at=started,
@@ -59,7 +60,7 @@ def history(runs: int, dag_id: str = "etl_orders", instance: str = "demo",
                     error_message=f"{task_id} try {try_number} failed" if failed else "", **task,
                 )
                 clock = ended + timedelta(seconds=5)
-        skipped = dict(base, task_id="notify", try_number=1, operator="EmptyOperator")
+        skipped: dict[str, Any] = dict(base, task_id="notify", try_number=1, operator="EmptyOperator")
         yield Event(kind=TASK_INSTANCE, state="skipped", emitted_at=clock, **skipped)
         yield Event(kind=DAG_RUN, state="failed" if load_fails else "success", emitted_at=clock,
                     start_date=logical + timedelta(minutes=1), end_date=clock,

@@ -31,12 +31,12 @@ class _Lz4Encoder:
     def compress(self, data: bytes) -> bytes:
         head = b"" if self._begun else self._c.begin()
         self._begun = True
-        return head + self._c.compress(data)
+        return head + bytes(self._c.compress(data))
 
     def flush(self) -> bytes:
         head = b"" if self._begun else self._c.begin()
         self._begun = True
-        return head + self._c.flush()
+        return head + bytes(self._c.flush())
 
 
 class _ZstdEncoder:

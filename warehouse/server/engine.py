@@ -16,6 +16,7 @@ statements after the first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -136,14 +137,12 @@ class EngineConnection:
     def query(self, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None) -> Any:
         try:
             return self.conn.query(sql, fmt, params=dict(params or {}))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors carrying ClickHouse codes
             raise EngineError.from_exception(exc) from None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self.conn.close()
-        except Exception:  # noqa: BLE001 - closing is best effort at shutdown
-            pass
 
 
 def _assignment(name: str, baseline: str | None) -> str:

@@ -120,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: ClickHouseHTTPServer
     server_version = "batchobs-chdb"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), _REDACT.sub(r"\1=***", format % args))
 
     # -- routing -------------------------------------------------------------
@@ -161,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(err, query_id)
         except ConnectionError:
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a ClickHouse-style error
+        except Exception as exc:
             log.exception("unexpected failure serving a query")
             self.close_connection = self.close_connection or not body.exhausted
             self._send_error(EngineError.from_exception(exc), query_id)
@@ -449,9 +449,13 @@ def _insert_head(head: bytes, rest: Iterator[bytes]) -> tuple[sqlscan.InsertHead
             raise EngineError.of(SYNTAX_ERROR, f"Syntax error: {exc}") from None
         if found is None:
             return None, head
-        utf8 = lambda part: part.encode("latin-1").decode("utf-8", "replace")  # noqa: E731
-        return sqlscan.InsertHead(utf8(found.sql), utf8(found.settings), utf8(found.format),
+        return sqlscan.InsertHead(_utf8(found.sql), _utf8(found.settings), _utf8(found.format),
                                   found.data_start), head
+
+
+def _utf8(part: str) -> str:
+    """Undo the latin-1 view of the head: the SQL text is UTF-8."""
+    return part.encode("latin-1").decode("utf-8", "replace")
 
 
 def _read_rest(head: bytes, rest: Iterator[bytes]) -> bytes:

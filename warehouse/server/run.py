@@ -77,7 +77,7 @@ def serve(
                                   name="warehouse-http", daemon=True)
         worker.start()
         bound_host, bound_port = server.server_address[:2]
-        url = f"http://{bound_host}:{bound_port}"
+        url = f"http://{bound_host!s}:{bound_port}"
         if on_ready:
             on_ready(url)
         try:

@@ -1,0 +1,196 @@
+"""Real servers for the tests, on loopback: Pushgateway, Prometheus, a black hole, Airflow runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+@dataclass
+class Process:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/sbin")
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: run `make test` (it installs Debian's {name})")
+    return path
+
+
+def start_pushgateway(workdir: Path) -> Process:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
+         f"--persistence.file={workdir / 'pushgateway.dat'}"],
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "pushgateway.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/-/ready")
+    return Process(url, proc)
+
+
+def start_prometheus(workdir: Path, gateway_url: str) -> Process:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = gateway_url.split("//", 1)[1]
+    (workdir / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    proc = subprocess.Popen(
+        [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "prometheus.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/-/ready", timeout_s=30)
+    return Process(url, proc)
+
+
+def prom_query(prometheus_url: str, query: str) -> list[dict[str, Any]]:
+    data = get_json(prometheus_url + "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+    return list(data["data"]["result"])
+
+
+def gateway_groups(gateway_url: str) -> list[dict[str, str]]:
+    return [group["labels"] for group in get_json(gateway_url + "/api/v1/metrics")["data"]]
+
+
+@contextmanager
+def black_hole() -> Iterator[str]:
+    """A loopback server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def refusing_url() -> str:
+    """A loopback URL nothing listens on: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def airflow_env(home: Path, spool: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHOBS_", "AIRFLOW"))}
+    env.update(
+        AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES), AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        BATCHOBS_SPOOL_DIR=str(spool), BATCHOBS_INSTANCE="test",
+    )
+    env.update(extra)
+    return env
+
+
+def migrate_airflow(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                   env=airflow_env(home, home / "spool"), check=True, capture_output=True, timeout=300)
+
+
+RUNNER = r"""
+import importlib.util, json, sys, time
+spec = importlib.util.spec_from_file_location("dagfile", sys.argv[1])
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+from airflow.sdk import DAG
+dag = next(v for v in vars(module).values() if isinstance(v, DAG))
+states = []
+for _ in range(int(sys.argv[2])):
+    states.append(str(getattr(dag.test().state, "value", "")))
+print("RESULT " + json.dumps({"states": states}), flush=True)
+"""
+
+
+def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1, timeout_s: float = 600) -> dict[str, Any]:
+    """Run a DAG with ``dag.test()`` in a fresh process; returns its DAG-run states and timing."""
+    started = time.monotonic()
+    env = dict(env, AIRFLOW__CORE__DAGS_FOLDER=str(dag_file.parent))  # dag.test() serializes from there
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(dag_file), str(runs)], env=env,
+                          capture_output=True, text=True, timeout=timeout_s, cwd=env["AIRFLOW_HOME"])
+    elapsed = time.monotonic() - started
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(lines[-1][7:])
+    result.update(elapsed_s=elapsed, stdout=proc.stdout, stderr=proc.stderr)
+    return result
+
+
+def spool_events(spool: Path) -> list[dict[str, Any]]:
+    from listener.contract import decode
+
+    events = []
+    for path in sorted(spool.glob("*.jsonl")):
+        for line in path.read_bytes().splitlines(keepends=True):
+            assert line.endswith(b"\n"), f"half a line in {path}"
+            events.append(decode(line).to_dict())
+    return events
