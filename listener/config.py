@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["ConfigError", "ListenerConfig"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 FSYNC_POLICIES = ("never", "always")
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -75,14 +77,14 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected on/off (1/0, true/false, yes/no)")
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> object:
+def _number(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N], minimum: float) -> N:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a {kind.__name__}") from None
+        raise ConfigError(f"{name}={raw!r}: expected a {getattr(kind, '__name__', 'number')}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
     return value

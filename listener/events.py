@@ -10,6 +10,7 @@ Event (validated) -> one JSON line -> the spool.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -36,21 +37,21 @@ class _Stamp:
         self._instance = instance
         self._hostname = hostname
 
-    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event_dict.setdefault("emitted_at", datetime.now(timezone.utc))
         event_dict.setdefault("instance", self._instance)
         event_dict.setdefault("hostname", self._hostname)
         return event_dict
 
 
-def _scrub_error(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _scrub_error(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     message = event_dict.get("error_message")
     if message:
         event_dict["error_message"] = scrub(message)
     return event_dict
 
 
-def _to_line(_logger: Any, _method: str, event_dict: dict[str, Any]) -> bytes:
+def _to_line(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
     kind = event_dict.pop("event")
     return contract.encode(contract.Event(kind=kind, **event_dict))
 

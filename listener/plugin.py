@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
+from sqlalchemy.orm import object_session
 
 from . import adapter, contract
 from .config import ConfigError, ListenerConfig
@@ -36,7 +37,7 @@ def _guarded(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a hook must never raise into Airflow
+        except Exception:  # a hook must never raise into Airflow
             log.warning("batchobs: %s failed; no impact on the task", fn.__name__, exc_info=True)
 
     return wrapper  # type: ignore[return-value]
@@ -134,7 +135,13 @@ class BatchobsListener:
         if self.events is None:
             return
         now = datetime.now(timezone.utc)
-        for ti in dag_run.get_task_instances():
+        # In the scheduler the run is attached to the scheduler's session: read through
+        # it, since a session of our own would commit, which the scheduler forbids in
+        # its critical section (HA locks).  A detached run (dag.test()) lets Airflow
+        # open a short session of its own.
+        session = object_session(dag_run)
+        instances = dag_run.get_task_instances(session=session) if session else dag_run.get_task_instances()
+        for ti in instances:
             state = adapter.state_name(ti.state)
             if state not in contract.RECONCILED_STATES:
                 continue

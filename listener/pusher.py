@@ -119,8 +119,8 @@ class GaugePusher:
 
     def shutdown(self, timeout_s: float) -> None:
         """Bounded wait for pending pushes, then abandon and count the rest."""
-        if self._pid != os.getpid() or self._worker is None:
-            return
+        if self._pid != os.getpid() or self._worker is None or self._stopping:
+            return  # not ours (forked), never started, or already shut down
         self.flush(timeout_s)
         with self._cond:
             self._stopping = True

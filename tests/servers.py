@@ -71,7 +71,7 @@ def start_pushgateway(workdir: Path) -> Process:
     proc = subprocess.Popen(
         [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
          f"--persistence.file={workdir / 'pushgateway.dat'}"],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "pushgateway.log", "wb"),
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "pushgateway.log", "wb"),  # noqa: SIM115 - lives with the process
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/-/ready")
@@ -90,7 +90,7 @@ def start_prometheus(workdir: Path, gateway_url: str) -> Process:
     proc = subprocess.Popen(
         [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
          f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "prometheus.log", "wb"),
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "prometheus.log", "wb"),  # noqa: SIM115 - lives with the process
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/-/ready", timeout_s=30)
