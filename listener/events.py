@@ -9,8 +9,8 @@ Event (validated) -> one JSON line -> the spool.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from collections.abc import MutableMapping
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
