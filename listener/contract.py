@@ -260,11 +260,8 @@ def from_dict(raw: Mapping[str, Any]) -> Event:
             kwargs[name] = _parse_uuid(value)
         elif value is not None or name in ("duration_s", "metric_value"):
             kwargs[name] = value
-    claimed_id = kwargs.pop("event_id", "")
-    event = Event(**kwargs)
-    if claimed_id and claimed_id != event.event_id:
-        raise ContractError("event_id", "does not match the id derived from the event's content")
-    return event
+    # A claimed id is kept: producers derive it (event_id_for); readers do not re-derive it.
+    return Event(**kwargs)
 
 
 def _validate(e: Event) -> None:
@@ -369,9 +366,12 @@ def _parse_uuid(value: object) -> str:
     if not isinstance(value, str):
         raise ContractError("event_id", "expected a UUID string")
     try:
-        return str(uuid.UUID(value))
+        parsed = uuid.UUID(value)
     except ValueError:
         raise ContractError("event_id", f"not a UUID: {value[:40]!r}") from None
+    if parsed.int == 0:
+        raise ContractError("event_id", "the nil UUID is not an event id")
+    return str(parsed)
 
 
 def replace(event: Event, **changes: Any) -> Event:

@@ -63,13 +63,15 @@ class TestEventId:
         """What the event describes changes its id."""
         assert task_event().event_id != task_event(**change).event_id
 
-    def test_claimed_id_must_match_content(self) -> None:
-        """A line whose event_id does not match its content is rejected."""
+    def test_claimed_id_is_kept_and_must_be_a_real_uuid(self) -> None:
+        """Readers keep the producer's id; a nil or malformed id is refused."""
         raw = json.loads(encode(task_event()))
-        raw["event_id"] = "00000000-0000-0000-0000-000000000000"
-        with pytest.raises(ContractError) as err:
-            contract.from_dict(raw)
-        assert "event_id" == err.value.field
+        other = "5fb97069-5f0e-5a4c-8a43-0d5f8b1e6a11"
+        assert other == contract.from_dict({**raw, "event_id": other}).event_id
+        for bad in ("00000000-0000-0000-0000-000000000000", "xyz"):
+            with pytest.raises(ContractError) as err:
+                contract.from_dict({**raw, "event_id": bad})
+            assert "event_id" == err.value.field
 
 
 class TestValidation:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingest.service import Ingester
 
 __all__ = ["main"]
 
@@ -33,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-queries", default=16, type=int)
     wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
 
+    ingest = sub.add_parser("ingest", help="tail the spool into ClickHouse (exactly-once effect)")
+    ingest.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    ingest.add_argument("--spool-dir", type=Path, help="default $BATCHOBS_SPOOL_DIR or $BATCHOBS_HOME/spool")
+    ingest.add_argument("--state-dir", type=Path, help="checkpoint and archive (default $BATCHOBS_HOME/ingest)")
+    ingest.add_argument("--batch-rows", type=int, default=10_000)
+    ingest.add_argument("--batch-bytes", type=int, default=8 << 20)
+    ingest.add_argument("--max-latency", type=float, default=1.0, help="seconds a line may wait for its batch")
+    ingest.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    ingest.add_argument("--retention", choices=("delete", "archive", "keep"), default="delete",
+                        help="what to do with fully ingested spool files")
+    ingest.add_argument("--metrics-port", type=int, default=None,
+                        help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once)")
+    ingest.add_argument("--metrics-host", default="127.0.0.1")
+
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
     demo.add_argument("--runs", default=5, type=int, help="DAG runs of sample history to write")
     return parser
@@ -46,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "warehouse" and args.action == "migrate":
         return _migrate()
+    if args.command == "ingest":
+        return _ingest(args)
     if args.command == "demo":
         from .demo import run
 
@@ -93,3 +115,47 @@ def _migrate() -> int:
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "none (up to date)"
     print(f"{settings.url}: applied {names}")
     return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from ingest.service import IngestConfig, Ingester, connect_when_ready, stop_on_signals
+
+    from .connection import home_dir, resolve
+
+    home = home_dir()
+    config = IngestConfig(
+        spool_dir=args.spool_dir or Path(os.environ.get("BATCHOBS_SPOOL_DIR") or home / "spool"),
+        state_dir=args.state_dir or home / "ingest", max_rows=args.batch_rows, max_bytes=args.batch_bytes,
+        max_latency_s=args.max_latency, max_line_bytes=args.max_line_bytes, retention=args.retention,
+    )
+    settings = resolve()
+    ingester = Ingester(config, client=None)
+    with stop_on_signals(ingester):
+        try:
+            ingester.attach(connect_when_ready(settings, ingester.stop, ingester.log))
+        except InterruptedError:
+            return 0
+        port = args.metrics_port if args.metrics_port is not None else (None if args.once else 9465)
+        if port:
+            ingester.metrics.serve(port, args.metrics_host)
+        ingester.log.info("ingesting", spool=str(config.spool_dir), warehouse=settings.url, once=args.once)
+        with _progress(args.once, ingester) as advance:
+            ingester.run(once=args.once, progress=advance)
+    return 0
+
+
+def _progress(enabled: bool, ingester: Ingester) -> AbstractContextManager[Callable[[int], None] | None]:
+    """A progress bar over the backlog when draining interactively; else a no-op."""
+    if not (enabled and sys.stderr.isatty()):
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    backlog = ingester.metrics.refresh_lag(ingester.config.spool_dir, ingester.checkpoint.offsets)
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Callable[[int], None] | None]:
+        with Progress("ingesting", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as prog:
+            task = prog.add_task("spool", total=backlog)
+            yield lambda n: prog.advance(task, n)
+
+    return bar()

@@ -1,0 +1,256 @@
+"""``batchobs ingest``: tail the spool, batch, insert, checkpoint; repeat.
+
+One batch at a time: read complete lines up to the row / byte limits (or until the
+oldest line has waited ``max_latency_s``), write the intent, insert, commit the
+read positions, then remove or archive spool files that are finished and fully
+read.  Nothing is read while an insert is being retried, so memory is bounded by
+one batch whatever the backlog.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import spoolfiles
+from .checkpoint import Checkpoint, Range
+from .metrics import IngestMetrics
+from .screen import DeadLetter, Line, lines_of, looks_clean, validate
+from .spoolfiles import Chunk
+from .writer import DataError, Writer, token_for
+
+__all__ = ["IngestConfig", "Ingester"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    spool_dir: Path
+    state_dir: Path
+    max_rows: int = 10_000
+    max_bytes: int = 8 << 20
+    max_latency_s: float = 1.0
+    max_line_bytes: int = 1 << 20
+    retention: str = "delete"  # delete | archive | keep
+    poll_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_bytes < 1024 or self.max_line_bytes < 1024:
+            raise ValueError("max_rows must be >= 1, max_bytes and max_line_bytes >= 1024")
+        if self.max_latency_s <= 0:
+            raise ValueError(f"max_latency_s must be positive, got {self.max_latency_s}")
+        if self.retention not in ("delete", "archive", "keep"):
+            raise ValueError(f"retention must be delete, archive or keep, got {self.retention!r}")
+
+
+class Ingester:
+    def __init__(self, config: IngestConfig, client: Any, metrics: IngestMetrics | None = None,
+                 log: Any = None) -> None:
+        self.config = config
+        self.metrics = metrics or IngestMetrics()
+        self.stop = threading.Event()
+        self.log = log or structlog.wrap_logger(
+            structlog.PrintLogger(sys.stderr),
+            processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                        structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.BoundLogger, context_class=dict, cache_logger_on_first_use=False,
+        )
+        self.attach(client)
+        self.checkpoint = Checkpoint(config.state_dir / "checkpoint.json")
+
+    def attach(self, client: Any) -> None:
+        """Use ``client`` (clickhouse-connect) for inserts from now on."""
+        self.writer = Writer(client, stop=self.stop, on_retry=self._on_retry)
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self, once: bool = False, progress: Any = None) -> None:
+        """Ingest until stopped (or, with ``once``, until the spool is drained)."""
+        if self.checkpoint.pending:
+            self.log.info("replaying the batch that was in flight", ranges=len(self.checkpoint.pending))
+            self._deliver(self._reread(self.checkpoint.pending), replay=True)
+        lag_at = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() - lag_at >= 1.0:
+                self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
+                lag_at = time.monotonic()
+            chunks = self._collect()
+            if chunks:
+                self._deliver(chunks)
+                if progress is not None:
+                    progress(sum(c.end - c.start for c in chunks))
+            elif once:
+                break
+            else:
+                self.stop.wait(self.config.poll_s)
+            self._retire()
+        self._retire()
+        self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
+
+    def _collect(self) -> list[Chunk]:
+        """Chunks for one batch: up to the limits, or what arrived within max_latency_s."""
+        chunks: list[Chunk] = []
+        rows = size = 0
+        first_at: float | None = None
+        taken: dict[str, int] = {}
+        while True:
+            files = spoolfiles.list_files(self.config.spool_dir)
+            latest = spoolfiles.latest_sequences(files)
+            grew = False
+            for file in files:
+                if rows >= self.config.max_rows or size >= self.config.max_bytes:
+                    break
+                offset = taken.get(file.name, self.checkpoint.offsets.get(file.name, 0))
+                chunk = spoolfiles.read_chunk(file, offset, self.config.max_bytes - size,
+                                              self.config.max_line_bytes, spoolfiles.finished(file, latest))
+                if chunk is None:
+                    continue
+                chunk = chunk.first_lines(self.config.max_rows - rows)
+                chunks.append(chunk)
+                taken[file.name] = chunk.end
+                rows += max(1, chunk.data.count(b"\n"))
+                size += chunk.end - chunk.start
+                grew = True
+            if not chunks:
+                return chunks
+            first_at = first_at or time.monotonic()
+            if rows >= self.config.max_rows or size >= self.config.max_bytes or self.stop.is_set():
+                return chunks
+            if time.monotonic() - first_at >= self.config.max_latency_s:
+                return chunks
+            if not grew:
+                self.stop.wait(self.config.poll_s)
+
+    def _reread(self, ranges: list[Range]) -> list[Chunk]:
+        files = {f.name: f for f in spoolfiles.list_files(self.config.spool_dir)}
+        chunks = []
+        for r in ranges:
+            file = files.get(r.name)
+            if file is None:
+                continue  # removed after it was committed elsewhere: nothing to replay
+            with open(file.path, "rb") as handle:
+                handle.seek(r.start)
+                data = handle.read(min(r.end - r.start, self.config.max_line_bytes + 1)
+                                   if r.flag == "oversize" else r.end - r.start)
+            if r.flag == "oversize":
+                data = data[: self.config.max_line_bytes]
+            chunks.append(Chunk(file, r.start, r.end, data, truncated_tail=r.flag == "tail",
+                                oversize=r.flag == "oversize"))
+        return chunks
+
+    # -- one batch ---------------------------------------------------------------
+    def _deliver(self, chunks: list[Chunk], replay: bool = False) -> None:
+        ranges = [Range(c.file.name, c.start, c.end, "tail" if c.truncated_tail else "oversize" if c.oversize else "")
+                  for c in chunks]
+        if not replay:
+            self.checkpoint.begin(ranges)
+        token = token_for([(r.name, r.start, r.end) for r in ranges])
+        lines = sum(c.data.count(b"\n") for c in chunks)
+        self.metrics.events_read.inc(lines)
+        started = time.perf_counter()
+        dead: list[DeadLetter] = []
+        fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes)
+                   for c in chunks)
+        inserted = lines
+        try:
+            if fast:
+                try:
+                    self.writer.insert_events(b"".join(c.data for c in chunks), token)
+                except DataError:
+                    fast = False
+            if not fast:
+                inserted, dead = self._line_by_line(chunks, token)
+            self.writer.insert_dead_letters(dead, token_for([token, "dead"]))
+        except InterruptedError:
+            self.log.warning("stopped with a batch pending; it is replayed on the next start")
+            return
+        self.metrics.insert_seconds.observe(time.perf_counter() - started)
+        self.checkpoint.commit()
+        self.metrics.batches.inc()
+        self.metrics.events_inserted.inc(inserted)
+        self.metrics.dead_letters.inc(len(dead))
+        if dead:
+            self.log.warning("dead letters", count=len(dead), first_reason=dead[0].reason,
+                             source=dead[0].source, position=dead[0].position)
+
+    def _line_by_line(self, chunks: list[Chunk], token: str) -> tuple[int, list[DeadLetter]]:
+        good: list[tuple[Line, bytes]] = []
+        dead: list[DeadLetter] = []
+        for chunk in chunks:
+            if chunk.oversize:
+                line = Line(chunk.file.name, chunk.start, chunk.data)
+                dead.append(DeadLetter.of(line, f"line longer than {self.config.max_line_bytes} bytes",
+                                          chunk.end - chunk.start))
+                continue
+            for line in lines_of(chunk.file.name, chunk.start, chunk.data):
+                result = validate(line, self.config.max_line_bytes)
+                if isinstance(result, DeadLetter):
+                    dead.append(result)
+                else:
+                    good.append((line, result))
+        refused = self.writer.insert_rows(good, token_for([token, "validated"]))
+        return len(good) - len(refused), dead + refused
+
+    # -- housekeeping --------------------------------------------------------------
+    def _retire(self) -> None:
+        """Remove or archive spool files that are finished and fully ingested."""
+        if self.config.retention == "keep":
+            return
+        files = spoolfiles.list_files(self.config.spool_dir)
+        latest = spoolfiles.latest_sequences(files)
+        done = []
+        for file in files:
+            offset = self.checkpoint.offsets.get(file.name)
+            if offset is None or not spoolfiles.finished(file, latest):
+                continue
+            try:
+                if file.path.stat().st_size > offset:
+                    continue
+                if self.config.retention == "archive":
+                    archive = self.config.state_dir / "archive"
+                    archive.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(file.path), archive / file.name)
+                else:
+                    file.path.unlink()
+            except FileNotFoundError:
+                pass
+            done.append(file.name)
+        if done:
+            self.checkpoint.forget(done)
+
+    def _on_retry(self, error: Exception, wait_s: float) -> None:
+        self.metrics.retries.inc()
+        self.log.warning("warehouse unavailable, retrying", error=type(error).__name__,
+                         detail=str(error)[:200], wait_s=round(wait_s, 2))
+
+
+@contextmanager
+def stop_on_signals(ingester: Ingester) -> Iterator[None]:
+    """SIGTERM / SIGINT: finish the batch in hand, checkpoint, exit."""
+    previous = {sig: signal.signal(sig, lambda *_: ingester.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def connect_when_ready(settings: Any, stop: threading.Event, log: Any) -> Any:
+    """A client once the warehouse answers; waits (with backoff) while it does not."""
+    wait = 0.2
+    while True:
+        try:
+            return settings.client(compress="lz4", autogenerate_session_id=False, send_receive_timeout=120)
+        except Exception as exc:
+            log.warning("warehouse not reachable yet", url=settings.url, error=type(exc).__name__)
+            if stop.wait(wait):
+                raise InterruptedError("stopped before the warehouse answered") from exc
+            wait = min(30.0, wait * 2)

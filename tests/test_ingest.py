@@ -1,0 +1,187 @@
+"""The ingester against the chosen ClickHouse: contract constraints, bad input, replays, retention."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.service import IngestConfig, Ingester
+from listener.contract import encode
+from warehouse.connection import ClickHouseSettings
+from warehouse.synthetic import history
+
+GOOD = [json.loads(encode(e)) for e in history(2)]
+TASK = next(e for e in GOOD if e["kind"] == "task_instance" and e["duration_s"])
+
+
+def ingest_once(db: ClickHouseSettings, spool: Path, state: Path, **kwargs: Any) -> Ingester:
+    config = IngestConfig(spool_dir=spool, state_dir=state, **kwargs)
+    ingester = Ingester(config, db.client(compress="lz4", autogenerate_session_id=False))
+    ingester.run(once=True)
+    return ingester
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from listener.spool import Spool
+data = sys.stdin.buffer.read()
+import socket
+spool = Spool(Path(sys.argv[1]), socket.gethostname())
+for line in data.split(b"\\0SEP\\0"):
+    spool.append(line)
+spool.close()
+"""
+
+
+def write_lines(spool: Path, lines: list[bytes]) -> None:
+    """Append raw lines as the listener does, from a process that then exits (so the file is finished)."""
+    subprocess.run([sys.executable, "-c", WRITER, str(spool)], input=b"\0SEP\0".join(lines), check=True,
+                   cwd=Path(__file__).parents[1])
+
+
+def stored(db: ClickHouseSettings) -> tuple[set[str], dict[int, str]]:
+    client = db.client()
+    ids = {str(r[0]) for r in client.query("SELECT event_id FROM events FINAL").result_rows}
+    dead = {int(p): r for p, r in client.query("SELECT position, reason FROM dead_letters FINAL").result_rows}
+    return ids, dead
+
+
+def line(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+# (what is wrong, the line) - each breaks exactly one rule of the contract.
+BAD_LINES = {
+    "unknown kind": line({**TASK, "kind": "task"}),
+    "task state": line({**TASK, "state": "queued"}),
+    "empty run_id": line({**TASK, "run_id": ""}),
+    "try 0": line({**TASK, "try_number": 0}),
+    "map_index -2": line({**TASK, "map_index": -2}),
+    "long error": line({**TASK, "error_message": "x" * 5000}),
+    "negative duration": line({**TASK, "duration_s": -1.0}),
+    "attrs value not a string": line({**TASK, "attrs": {"k": 1}}),
+    "quoted number": line({**TASK, "try_number": "1"}),
+    "overflowing number": line({**TASK, "try_number": 70000}),
+    "nil event id": line({**TASK, "event_id": "00000000-0000-0000-0000-000000000000"}),
+    "missing emitted_at": line({k: v for k, v in TASK.items() if k != "emitted_at"}),
+    "unknown field": line({**TASK, "surprise": 1}),
+    "not json": b"{not json\n",
+    "invalid utf-8": b'{"kind":"\xff\xfe"}\n',
+    "bom": b"\xef\xbb\xbf" + line(TASK),
+    "crlf": line(TASK)[:-1] + b"\r\n",
+    "nul byte": line(TASK).replace(b'"running"', b'"run\x00ning"').replace(b'"success"', b'"succ\x00ess"'),
+    "dag run with task": line({**next(e for e in GOOD if e["kind"] == "dag_run"), "task_id": "t"}),
+}
+
+
+class TestContractInTheWarehouse:
+    @pytest.mark.parametrize("case", sorted(BAD_LINES))
+    def test_each_rule_break_is_a_dead_letter(self, case: str, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """A line breaking one contract rule goes to dead_letters; the good lines around it land."""
+        good = [line(e) for e in GOOD[:5]]
+        bad = BAD_LINES[case]
+        write_lines(tmp_path / "spool", [*good[:2], bad, *good[2:]])
+        ingest_once(database, tmp_path / "spool", tmp_path / "state")
+        ids, dead = stored(database)
+        assert {e["event_id"] for e in GOOD[:5]} == ids
+        assert [len(good[0]) + len(good[1])] == list(dead)
+        assert dead[len(good[0]) + len(good[1])]
+
+
+class TestBatches:
+    def test_clean_batch_lands_and_spool_file_is_retired(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """Good events land once; a finished, fully read spool file is deleted."""
+        write_lines(tmp_path / "spool", [encode(e) for e in history(20)])
+        ingester = ingest_once(database, tmp_path / "spool", tmp_path / "state", max_rows=50)
+        assert len(list(history(20))) == database.client().command("SELECT count() FROM events")
+        assert [] == list((tmp_path / "spool").glob("*.jsonl"))
+        assert ingester.metrics.batches._value.get() >= 7  # 353 rows in batches of 50
+
+    def test_replay_of_a_pending_batch_adds_nothing(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """A batch inserted but not committed (crash) is replayed with its token: no duplicate rows."""
+        write_lines(tmp_path / "spool", [encode(e) for e in history(5)])
+        first = ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep")
+        checkpoint = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
+        name, end = next(iter(checkpoint["offsets"].items()))
+        # as if the process died after the insert and before the commit
+        (tmp_path / "state" / "checkpoint.json").write_text(json.dumps({"offsets": {}, "pending": [[name, 0, end, ""]]}))
+        ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep")
+        n = len(list(history(5)))
+        assert (n, n) == database.client().query("SELECT count(), uniqExact(event_id) FROM events").result_rows[0]
+        assert first.metrics.events_inserted._value.get() == n
+
+    def test_truncated_tail_and_oversized_line(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """A dead writer's half line and a line over the limit are dead letters; the rest lands."""
+        spool = tmp_path / "spool"
+        good = [encode(e) for e in history(1)]
+        big = line({**TASK, "error_message": "y" * 3000})
+        write_lines(spool, [good[0], big, good[1]])
+        with open(next(spool.glob("*.jsonl")), "ab") as handle:
+            handle.write(good[2][:40])  # the writer died mid-line (its pid is gone)
+        ingest_once(database, spool, tmp_path / "state", max_line_bytes=2048)
+        ids, dead = stored(database)
+        assert {json.loads(good[0])["event_id"], json.loads(good[1])["event_id"]} == ids
+        reasons = sorted(dead.values())
+        assert 2 == len(reasons)
+        assert any("longer than 2048" in r for r in reasons) and any("truncated" in r for r in reasons)
+
+
+good_events = st.sampled_from(GOOD)
+mutations = st.one_of(
+    st.binary(min_size=1, max_size=200).map(lambda b: b.replace(b"\n", b" ") + b"\n"),
+    st.sampled_from(sorted(BAD_LINES.values())),
+    st.tuples(good_events, st.sampled_from(sorted(TASK)), st.one_of(
+        st.integers(-10**20, 10**20), st.floats(allow_nan=True), st.text(max_size=20),
+        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        st.booleans())).map(lambda t: line({**t[0], t[1]: t[2]})),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.booleans(), good_events, mutations), min_size=1, max_size=30))
+def test_fuzz_every_good_line_lands_every_bad_one_is_dead_lettered(
+        plan: list[tuple[bool, dict[str, Any], bytes]], clickhouse: ClickHouseSettings, admin: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hypothesis mixes good events with generated bad lines: nothing is lost, nothing bad lands."""
+    import uuid
+
+    from warehouse.migrate import apply
+
+    name = f"fuzz_{uuid.uuid4().hex[:10]}"
+    apply(admin, name, retention_days=400)
+    db = clickhouse.with_database(name)
+    tmp = tmp_path_factory.mktemp("fuzz")
+    lines, expected_good, positions = [], set(), []
+    offset = 0
+    from listener.contract import ContractError, decode
+
+    for use_good, event, bad in plan:
+        raw = line(event) if use_good else bad
+        try:
+            valid = raw.endswith(b"\n") and b"\r" not in raw and b"\x00" not in raw and \
+                not raw.startswith(b"\xef\xbb\xbf") and decode(raw[:-1]) is not None
+        except (ContractError, UnicodeEncodeError):
+            valid = False
+        if valid:
+            expected_good.add(str(decode(raw[:-1]).event_id))
+        else:
+            positions.append(offset)
+        lines.append(raw)
+        offset += len(raw)
+    try:
+        write_lines(tmp / "spool", lines)
+        ingest_once(db, tmp / "spool", tmp / "state")
+        ids, dead = stored(db)
+        assert expected_good == ids
+        assert sorted(positions) == sorted(dead)
+        assert all(dead.values())
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")
