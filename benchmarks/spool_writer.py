@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from listener.contract import Event, encode, replace  # noqa: E402
-from listener.spool import Spool  # noqa: E402
-from warehouse.synthetic import history  # noqa: E402
+from listener.contract import Event, encode, replace
+from listener.spool import Spool
+from warehouse.synthetic import history
 
 
 def fleet(count: int) -> Iterator[Event]:

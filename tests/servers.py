@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from warehouse import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -142,14 +143,7 @@ def refusing_url() -> str:
 
 
 def airflow_env(home: Path, spool: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHOBS_", "AIRFLOW"))}
-    env.update(
-        AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES), AIRFLOW__CORE__UNIT_TEST_MODE="False",
-        BATCHOBS_SPOOL_DIR=str(spool), BATCHOBS_INSTANCE="test",
-    )
-    env.update(extra)
-    return env
+    return demo.airflow_env(home, spool, EXAMPLES, BATCHOBS_INSTANCE="test", **extra)
 
 
 def migrate_airflow(home: Path) -> None:
@@ -158,31 +152,9 @@ def migrate_airflow(home: Path) -> None:
                    env=airflow_env(home, home / "spool"), check=True, capture_output=True, timeout=300)
 
 
-RUNNER = r"""
-import importlib.util, json, sys, time
-spec = importlib.util.spec_from_file_location("dagfile", sys.argv[1])
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-from airflow.sdk import DAG
-dag = next(v for v in vars(module).values() if isinstance(v, DAG))
-states = []
-for _ in range(int(sys.argv[2])):
-    states.append(str(getattr(dag.test().state, "value", "")))
-print("RESULT " + json.dumps({"states": states}), flush=True)
-"""
-
-
-def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1, timeout_s: float = 600) -> dict[str, Any]:
-    """Run a DAG with ``dag.test()`` in a fresh process; returns its DAG-run states and timing."""
-    started = time.monotonic()
-    env = dict(env, AIRFLOW__CORE__DAGS_FOLDER=str(dag_file.parent))  # dag.test() serializes from there
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(dag_file), str(runs)], env=env,
-                          capture_output=True, text=True, timeout=timeout_s, cwd=env["AIRFLOW_HOME"])
-    elapsed = time.monotonic() - started
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(lines[-1][7:])
-    result.update(elapsed_s=elapsed, stdout=proc.stdout, stderr=proc.stderr)
-    return result
+def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1) -> dict[str, Any]:
+    """Run a DAG with ``dag.test()`` in a fresh process (the same runner as the main job)."""
+    return demo.run_dag_test(dag_file, env, runs)
 
 
 def spool_events(spool: Path) -> list[dict[str, Any]]:

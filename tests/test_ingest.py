@@ -112,7 +112,8 @@ class TestBatches:
         checkpoint = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
         name, end = next(iter(checkpoint["offsets"].items()))
         # as if the process died after the insert and before the commit
-        (tmp_path / "state" / "checkpoint.json").write_text(json.dumps({"offsets": {}, "pending": [[name, 0, end, ""]]}))
+        pending = {"offsets": {}, "pending": [[name, 0, end, ""]]}
+        (tmp_path / "state" / "checkpoint.json").write_text(json.dumps(pending))
         ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep")
         n = len(list(history(5)))
         assert (n, n) == database.client().query("SELECT count(), uniqExact(event_id) FROM events").result_rows[0]

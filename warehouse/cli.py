@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--metrics-host", default="127.0.0.1")
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
-    demo.add_argument("--runs", default=5, type=int, help="DAG runs of sample history to write")
+    demo.add_argument("--runs", default=3, type=int, help="runs of the sample DAG in Airflow")
     return parser
 
 

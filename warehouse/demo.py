@@ -1,89 +1,236 @@
-"""The main job on the embedded default: warehouse up, history in, audit out.
+"""The main job, on the embedded default: the whole path, from DAG runs to audit SQL.
 
-Until the ingester and the listener land, the history is synthetic (built from
-the event contract); every step after that is the real path: the embedded
-server, migrations, an idempotent JSONEachRow insert through clickhouse-connect
-and audit SQL with server-side parameters.
+1. the embedded warehouse starts (or ``BATCHOBS_CLICKHOUSE_URL`` is used) and is migrated;
+2. where Debian's prometheus and prometheus-pushgateway are installed, both start on loopback;
+3. ``examples/batchobs_example.py`` runs several times in a real Airflow (``dag.test()``)
+   with the listener on: events to the spool, gauges to the Pushgateway;
+4. the ingester drains the spool into ClickHouse;
+5. a per-run audit table and a failure-rate summary are printed from SQL, and the
+   fleet gauges from Prometheus.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from listener.contract import encode
-
 from . import embedded
 from .connection import DATABASE, ClickHouseSettings, home_dir
 from .migrate import apply, retention_days_from_env
-from .synthetic import history
 
-__all__ = ["run"]
+__all__ = ["AUDIT_SQL", "FAILURE_RATE_SQL", "run", "run_dag_test"]
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batchobs_example.py"
+
+# Final state of a task instance: its last try; on a tie the scheduler's reconciled
+# record (what the metadata DB holds) wins over the task's own hook.
 AUDIT_SQL = """
-SELECT dag_id, run_id, task_id, map_index,
+SELECT run_id, task_id, map_index,
        max(try_number) AS tries,
-       argMax(state, (try_number, emitted_at)) AS final_state,
-       round(sum(duration_s), 1) AS duration_s
+       argMax(state, (try_number, kind = 'task_reconciled', emitted_at)) AS final_state,
+       round(sumIf(duration_s, kind = 'task_instance'), 2) AS duration_s
 FROM events FINAL
-WHERE kind = 'task_instance' AND state != 'running' AND dag_id = {dag_id:String}
-GROUP BY dag_id, run_id, task_id, map_index
+WHERE dag_id = {dag_id:String} AND kind IN ('task_instance', 'task_reconciled') AND state != 'running'
+GROUP BY run_id, task_id, map_index
 ORDER BY run_id, task_id, map_index
 """
 
 FAILURE_RATE_SQL = """
 SELECT task_id,
-       count() AS runs,
+       count() AS task_runs,
        countIf(final_state = 'failed') AS failures,
-       round(failures / runs, 3) AS failure_rate,
+       round(failures / task_runs, 3) AS failure_rate,
        countIf(tries > 1 AND final_state = 'success') AS retried_then_succeeded
 FROM ({audit})
 GROUP BY task_id
 ORDER BY failure_rate DESC, task_id
 """
 
+RUNNER = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("dagfile", sys.argv[1])
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+from airflow.sdk import DAG
+dag = next(v for v in vars(module).values() if isinstance(v, DAG))
+states = []
+for i in range(int(sys.argv[2])):
+    states.append(str(getattr(dag.test().state, "value", "")))
+    print(f"PROGRESS {i + 1}", flush=True)
+print("RESULT " + json.dumps({"states": states}), flush=True)
+"""
 
-def run(runs: int = 5) -> int:
+
+def airflow_env(home: Path, spool: Path, dags_folder: Path, **extra: str) -> dict[str, str]:
+    """An environment for an Airflow of our own (SQLite under ``home``) with the listener on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHOBS_", "AIRFLOW"))}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder), BATCHOBS_SPOOL_DIR=str(spool))
+    env.setdefault("BATCHOBS_INSTANCE", "demo")
+    env.update(extra)
+    return env
+
+
+def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1, timeout_s: float = 900,
+                 on_progress: Any = None) -> dict[str, Any]:
+    """Run a DAG ``runs`` times with ``dag.test()`` in a fresh process (the listener loads there)."""
+    env = dict(env, AIRFLOW__CORE__DAGS_FOLDER=str(dag_file.parent))  # dag.test() serializes from there
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(dag_file), str(runs)], env=env,  # noqa: S603
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env["AIRFLOW_HOME"])
+    result: dict[str, Any] = {}
+    assert proc.stdout is not None
+    output = []
+    for text in proc.stdout:
+        output.append(text)
+        if text.startswith("PROGRESS ") and on_progress:
+            on_progress(int(text.split()[1]))
+        elif text.startswith("RESULT "):
+            result = json.loads(text[7:])
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.wait(timeout_s) != 0 or not result:
+        raise RuntimeError(f"dag.test() failed: {''.join(output)[-2000:]}{stderr[-2000:]}")
+    result.update(stdout="".join(output), stderr=stderr)
+    return result
+
+
+def run(runs: int = 3) -> int:
     console = Console()
-    url = os.environ.get("BATCHOBS_CLICKHOUSE_URL")
-    server = None
-    if url:
-        settings = ClickHouseSettings.from_url(url)
-    else:
-        data_dir = home_dir() / "demo-warehouse"
-        with console.status(f"starting the embedded warehouse on {data_dir}"):
-            server = embedded.start(data_dir)
-        settings = ClickHouseSettings.from_url(server.url + "/" + DATABASE)
-    console.print(f"[bold]warehouse[/] {settings.url}")
-    try:
+    home = home_dir()
+    with ExitStack() as stack:
+        settings = stack.enter_context(_warehouse(console, home))
         with console.status("migrating"):
-            admin = settings.with_database("default").client()
-            applied = apply(admin, settings.database, retention_days_from_env())
-        console.print(f"[bold]migrations[/] applied {len(applied)} (idempotent)")
+            applied = apply(settings.with_database("default").client(), settings.database, retention_days_from_env())
+        console.print(f"[bold]warehouse[/] {settings.url} ({len(applied)} migrations applied)")
+        gateway, prometheus = stack.enter_context(_prometheus(console))
+
+        airflow_home, spool = home / "airflow", home / "spool"
+        if not (airflow_home / "airflow.db").exists():
+            with console.status("creating the Airflow metadata DB (first run only)"):
+                subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],  # noqa: S603
+                               env=airflow_env(airflow_home, spool, EXAMPLE.parent), check=True,
+                               capture_output=True)
+        env = airflow_env(airflow_home, spool, EXAMPLE.parent,
+                          **({"BATCHOBS_PUSHGATEWAY_URL": gateway} if gateway else {}))
+        with console.status(f"running {EXAMPLE.name} {runs} times in Airflow (dag.test)") as status:
+            result = run_dag_test(EXAMPLE, env, runs,
+                                  on_progress=lambda i: status.update(f"DAG runs done: {i} of {runs}"))
+        console.print(f"[bold]airflow[/] {runs} runs of batchobs_example: {', '.join(result['states'])}")
+
+        from ingest.service import IngestConfig, Ingester
+
+        with console.status("ingesting the spool"):
+            ingester = Ingester(IngestConfig(spool_dir=spool, state_dir=home / "ingest"),
+                                settings.client(autogenerate_session_id=False), log=_quiet_log())
+            ingester.run(once=True)
+        inserted = int(ingester.metrics.events_inserted._value.get())
+        dead = int(ingester.metrics.dead_letters._value.get())
+        console.print(f"[bold]ingest[/] {inserted} events inserted, {dead} dead letters")
+
         client = settings.client()
-        lines = [encode(e) for e in history(runs)]
-        body = b"".join(lines)
-        with console.status(f"inserting {len(lines)} events"):
-            for _ in range(2):  # twice on purpose: a replay must not double anything
-                client.raw_insert(
-                    "events", insert_block=body, fmt="JSONEachRow",
-                    settings={"insert_deduplication_token": hashlib.sha256(body).hexdigest()},
-                )
-        stored = client.query("SELECT count(), uniqExact(event_id) FROM events FINAL").result_rows[0]
-        console.print(f"[bold]events[/] {stored[0]} rows, {stored[1]} distinct ids "
-                      "(inserted twice, stored once)")
-        params = {"dag_id": "etl_orders"}
-        _print(console, "Per-run audit", client.query(AUDIT_SQL, parameters=params))
-        _print(console, "Failure rate by task",
+        params = {"dag_id": "batchobs_example"}
+        _print(console, "Per-run audit (from SQL)", client.query(AUDIT_SQL, parameters=params))
+        _print(console, "Failure rate by task (from SQL)",
                client.query(FAILURE_RATE_SQL.format(audit=AUDIT_SQL), parameters=params))
-    finally:
-        if server is not None:
-            server.stop()
+        if prometheus:
+            _print_fleet(console, prometheus)
+        else:
+            console.print("[bold]fleet gauges[/] off: install Debian's prometheus and prometheus-pushgateway "
+                          "(`make test` does) and run again, or point BATCHOBS_PUSHGATEWAY_URL at yours")
     return 0
+
+
+@contextmanager
+def _warehouse(console: Console, home: Path) -> Iterator[ClickHouseSettings]:
+    url = os.environ.get("BATCHOBS_CLICKHOUSE_URL")
+    if url:
+        yield ClickHouseSettings.from_url(url)
+        return
+    data_dir = home / "demo-warehouse"
+    with console.status(f"starting the embedded warehouse on {data_dir}"):
+        server = embedded.start(data_dir)
+    try:
+        yield ClickHouseSettings.from_url(server.url + "/" + DATABASE)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
+    """A Pushgateway and a Prometheus scraping it, on loopback, if installed."""
+    gateway_bin, prom_bin = shutil.which("prometheus-pushgateway"), shutil.which("prometheus")
+    if not (gateway_bin and prom_bin):
+        yield "", ""
+        return
+    work = Path(tempfile.mkdtemp(prefix="batchobs-demo-prom-"))
+    gw_port, prom_port = _free_port(), _free_port()
+    gateway = f"http://127.0.0.1:{gw_port}"
+    (work / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{gw_port}']\n")
+    procs = [
+        subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],  # noqa: S603
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([prom_bin, f"--config.file={work / 'prometheus.yml'}",  # noqa: S603
+                          f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port}")
+    try:
+        yield gateway, f"http://127.0.0.1:{prom_port}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_fleet(console: Console, prometheus: str) -> None:
+    query = 'task_status{instance="demo"}'
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20  # the first scrape of a new target takes a few seconds
+    with console.status("waiting for Prometheus to scrape the Pushgateway"):
+        while time.monotonic() < deadline and len(rows) < 6:
+            url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - our loopback Prometheus
+                    rows = json.load(resp)["data"]["result"]
+            except OSError:
+                rows = []
+            time.sleep(0.5)
+    table = Table(title="Fleet state: task_status in Prometheus (1 success, -1 failed, 2 skipped)")
+    for name in ("dag_id", "task_id", "task_status"):
+        table.add_column(name)
+    for row in sorted(rows, key=lambda r: r["metric"].get("task_id", "")):
+        table.add_row(row["metric"].get("dag_id", ""), row["metric"].get("task_id", ""), row["value"][1])
+    console.print(table)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _quiet_log() -> Any:
+    import structlog
+
+    return structlog.wrap_logger(structlog.PrintLogger(open(os.devnull, "w")),
+                                 processors=[structlog.processors.JSONRenderer()],
+                                 wrapper_class=structlog.BoundLogger, context_class=dict)
 
 
 def _print(console: Console, title: str, result: Any) -> None:
