@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ from .spoolfiles import Chunk
 from .writer import DataError, Writer, token_for
 
 __all__ = ["IngestConfig", "Ingester"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    chunks: list[Chunk]
+    ranges: list[Range]
+    token: str  # insert_deduplication_token: the same ranges always give the same token
+    fast: bool  # screened clean: insert the bytes as they are
+    lines: int
 
 
 @dataclass(frozen=True)
@@ -73,34 +83,48 @@ class Ingester:
 
     # -- the loop ----------------------------------------------------------------
     def run(self, once: bool = False, progress: Any = None) -> None:
-        """Ingest until stopped (or, with ``once``, until the spool is drained)."""
+        """Ingest until stopped (or, with ``once``, until the spool is drained).
+
+        Two stages overlap: while one batch is being inserted (the work is the
+        server's; this process only waits on a socket), the next is read and
+        screened.  Batches still land and commit one at a time, in order.
+        """
         if self.checkpoint.pending:
             self.log.info("replaying the batch that was in flight", ranges=len(self.checkpoint.pending))
-            self._deliver(self._reread(self.checkpoint.pending), replay=True)
+            self._deliver(self._prepare(self._reread(self.checkpoint.pending)), replay=True)
         lag_at = 0.0
-        while not self.stop.is_set():
-            if time.monotonic() - lag_at >= 1.0:
-                self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
-                lag_at = time.monotonic()
-            chunks = self._collect()
-            if chunks:
-                self._deliver(chunks)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchobs-insert") as inserter:
+            batch = self._prepare(self._collect(once, {}))
+            while batch.chunks and not self.stop.is_set():
+                landing = inserter.submit(self._deliver, batch)
+                ahead = {r.name: r.end for r in batch.ranges}
+                upcoming = self._prepare(self._collect(once, ahead))
+                if not landing.result():
+                    break  # stopped while the warehouse was away: the batch stays pending
                 if progress is not None:
-                    progress(sum(c.end - c.start for c in chunks))
-            elif once:
-                break
-            else:
-                self.stop.wait(self.config.poll_s)
-            self._retire()
+                    progress(sum(c.end - c.start for c in batch.chunks))
+                if time.monotonic() - lag_at >= 1.0:
+                    self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
+                    lag_at = time.monotonic()
+                self._retire()
+                batch = upcoming
+                while not batch.chunks and not once and not self.stop.is_set():
+                    self.stop.wait(self.config.poll_s)
+                    batch = self._prepare(self._collect(once, {}))
+                    self._retire()
         self._retire()
         self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
 
-    def _collect(self) -> list[Chunk]:
-        """Chunks for one batch: up to the limits, or what arrived within max_latency_s."""
+    def _collect(self, once: bool, ahead: dict[str, int]) -> list[Chunk]:
+        """Chunks for one batch: up to the limits, or what arrived within max_latency_s.
+
+        With ``once`` (draining a backlog) nothing is waited for: what is there is the batch.
+        ``ahead`` holds read positions past the checkpoint (the batch still landing).
+        """
         chunks: list[Chunk] = []
         rows = size = 0
         first_at: float | None = None
-        taken: dict[str, int] = {}
+        taken: dict[str, int] = dict(ahead)
         while True:
             files = spoolfiles.list_files(self.config.spool_dir)
             latest = spoolfiles.latest_sequences(files)
@@ -124,7 +148,7 @@ class Ingester:
             first_at = first_at or time.monotonic()
             if rows >= self.config.max_rows or size >= self.config.max_bytes or self.stop.is_set():
                 return chunks
-            if time.monotonic() - first_at >= self.config.max_latency_s:
+            if once or time.monotonic() - first_at >= self.config.max_latency_s:
                 return chunks
             if not grew:
                 self.stop.wait(self.config.poll_s)
@@ -147,31 +171,35 @@ class Ingester:
         return chunks
 
     # -- one batch ---------------------------------------------------------------
-    def _deliver(self, chunks: list[Chunk], replay: bool = False) -> None:
+    def _prepare(self, chunks: list[Chunk]) -> Batch:
+        """Name the batch and screen it (the CPU work, done while the previous one lands)."""
         ranges = [Range(c.file.name, c.start, c.end, "tail" if c.truncated_tail else "oversize" if c.oversize else "")
                   for c in chunks]
-        if not replay:
-            self.checkpoint.begin(ranges)
-        token = token_for([(r.name, r.start, r.end) for r in ranges])
-        lines = sum(c.data.count(b"\n") for c in chunks)
-        self.metrics.events_read.inc(lines)
-        started = time.perf_counter()
-        dead: list[DeadLetter] = []
         fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes)
                    for c in chunks)
-        inserted = lines
+        return Batch(chunks, ranges, token_for([(r.name, r.start, r.end) for r in ranges]), fast,
+                     sum(c.data.count(b"\n") for c in chunks))
+
+    def _deliver(self, batch: Batch, replay: bool = False) -> bool:
+        """Land one batch and commit its read positions; False if stopped before it landed."""
+        if not replay:
+            self.checkpoint.begin(batch.ranges)
+        self.metrics.events_read.inc(batch.lines)
+        started = time.perf_counter()
+        dead: list[DeadLetter] = []
+        inserted, fast = batch.lines, batch.fast
         try:
             if fast:
                 try:
-                    self.writer.insert_events(b"".join(c.data for c in chunks), token)
+                    self.writer.insert_events(b"".join(c.data for c in batch.chunks), batch.token)
                 except DataError:
                     fast = False
             if not fast:
-                inserted, dead = self._line_by_line(chunks, token)
-            self.writer.insert_dead_letters(dead, token_for([token, "dead"]))
+                inserted, dead = self._line_by_line(batch.chunks, batch.token)
+            self.writer.insert_dead_letters(dead, token_for([batch.token, "dead"]))
         except InterruptedError:
             self.log.warning("stopped with a batch pending; it is replayed on the next start")
-            return
+            return False
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.checkpoint.commit()
         self.metrics.batches.inc()
@@ -180,6 +208,7 @@ class Ingester:
         if dead:
             self.log.warning("dead letters", count=len(dead), first_reason=dead[0].reason,
                              source=dead[0].source, position=dead[0].position)
+        return True
 
     def _line_by_line(self, chunks: list[Chunk], token: str) -> tuple[int, list[DeadLetter]]:
         good: list[tuple[Line, bytes]] = []
@@ -248,7 +277,10 @@ def connect_when_ready(settings: Any, stop: threading.Event, log: Any) -> Any:
     wait = 0.2
     while True:
         try:
-            return settings.client(compress="lz4", autogenerate_session_id=False, send_receive_timeout=120)
+            # On loopback, compressing costs this process more CPU than it saves in copying.
+            loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+            return settings.client(compress=False if loopback else "lz4", autogenerate_session_id=False,
+                                   send_receive_timeout=120)
         except Exception as exc:
             log.warning("warehouse not reachable yet", url=settings.url, error=type(exc).__name__)
             if stop.wait(wait):

@@ -65,6 +65,11 @@ class TestInsertHead:
             with pytest.raises(Incomplete):
                 parse_insert_head(partial, final=False)
 
+    def test_from_infile_is_refused(self) -> None:
+        """A client may not make the server read its own files."""
+        with pytest.raises(SqlScanError, match="INFILE"):
+            parse_insert_head("INSERT INTO t FROM INFILE '/etc/passwd' FORMAT CSV", final=True)
+
     def test_table_named_format(self) -> None:
         """A table called `format` is not a FORMAT clause."""
         head = parse_insert_head("INSERT INTO format FORMAT CSV\n1\n", final=True)

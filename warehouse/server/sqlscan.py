@@ -195,6 +195,9 @@ def parse_insert_head(text: str, final: bool) -> InsertHead | None:
             depth += 1
         elif ch == ")":
             depth -= 1
+        elif depth == 0 and word == "INFILE" and prev == "FROM":
+            # Client-side syntax in ClickHouse; served, it would read the server's own files.
+            raise SqlScanError("INSERT ... FROM INFILE is read by clients; send the data in the request body")
         elif depth == 0 and word in ("VALUES", "SELECT", "WITH") and prev not in ("INTO", "TABLE"):
             return None
         elif depth == 0 and word == "SETTINGS" and settings_at < 0 and prev not in ("INTO", "TABLE", "."):

@@ -1,0 +1,153 @@
+"""Ingester throughput, freshness and memory, on the embedded warehouse.
+
+1. Throughput: N events in spool files (written by benchmarks/spool_writer.py) to
+   committed rows by ``batchobs ingest --once``, beside ClickHouse loading the same
+   bytes itself (``INSERT INTO events SELECT * FROM file(..., JSONEachRow, <contract
+   columns>)``: same engine, table, constraints and JSON settings).  Each on a freshly created table.
+2. Freshness: events written at a steady 1k/s while ``batchobs ingest`` runs;
+   a poller sees each event become queryable: freshness = seen - emitted_at.
+3. Memory: the ingester's peak RSS (VmHWM) in run 1; the engine is another process.
+
+Usage: python benchmarks/ingest_throughput.py [--events 300000] [--fresh-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ingest.writer import EVENT_SETTINGS  # noqa: E402
+from listener.contract import COLUMNS  # noqa: E402
+from warehouse import embedded  # noqa: E402
+from warehouse.connection import ClickHouseSettings  # noqa: E402
+from warehouse.migrate import apply, migrations  # noqa: E402
+
+BATCHOBS = str(Path(sys.executable).with_name("batchobs"))
+
+
+def write_spool(spool: Path, count: int, rate: float = 0) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "spool_writer.py"), str(spool), str(count),
+                             "--rate", str(rate), "--max-bytes", str(64 << 20)])
+
+
+def fresh_table(client: object, ddl: list[str]) -> None:
+    client.command("DROP TABLE IF EXISTS events SYNC")  # type: ignore[attr-defined]
+    for statement in ddl:
+        client.command(statement)  # type: ignore[attr-defined]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
+
+
+def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of one ingester process."""
+    env = dict(os.environ, BATCHOBS_HOME=str(home), BATCHOBS_CLICKHOUSE_URL=settings.url)
+    started = time.perf_counter()
+    proc = subprocess.Popen([BATCHOBS, "ingest", *args], env=env, stderr=subprocess.DEVNULL)
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, peak_rss_mb(proc.pid))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - started, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--fresh-seconds", type=float, default=30)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    server = embedded.start(tmp / "warehouse")
+    report: dict[str, object] = {}
+    try:
+        base = ClickHouseSettings.from_url(server.url + "/default")
+        apply(base.client(), "batchobs", 400)
+        settings = base.with_database("batchobs")
+        client = settings.client()
+        ddl = [s for m in migrations() for s in m.statements() if "events" in s and "dead_letters" not in s]
+
+        # 1. throughput
+        spool = tmp / "home" / "spool"
+        write_spool(spool, args.events).wait()
+        size = sum(f.stat().st_size for f in spool.glob("*.jsonl"))
+        together = tmp / "all.jsonl"
+        with open(together, "wb") as out:
+            for f in sorted(spool.glob("*.jsonl")):
+                out.write(f.read_bytes())
+        fresh_table(client, ddl)
+        started = time.perf_counter()
+        structure = ", ".join(f"{name} {ch_type}" for name, ch_type in COLUMNS.items())
+        client.command(f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT * FROM file('{together}', JSONEachRow, "
+                       f"'{structure.replace(chr(39), chr(92) + chr(39))}')", settings=EVENT_SETTINGS)
+        native = time.perf_counter() - started
+        assert client.command("SELECT count() FROM events") == args.events
+        fresh_table(client, ddl)
+        seconds, peak = run_ingester(settings, tmp / "home", "--once", "--retention", "keep")
+        assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
+        report["throughput"] = {
+            "events": args.events, "spool_mb": round(size / 1e6, 1),
+            "clickhouse_file_s": round(native, 2), "clickhouse_file_events_per_s": round(args.events / native),
+            "ingester_s": round(seconds, 2), "ingester_events_per_s": round(args.events / seconds),
+            "ratio_ingester_to_native": round(native / seconds, 2),
+            "ingester_peak_rss_mb": round(peak, 1),
+        }
+        print(json.dumps(report, indent=2), flush=True)
+
+        # 2. freshness at 1k events/s
+        fresh_table(client, ddl)
+        home2 = tmp / "home2"
+        env = dict(os.environ, BATCHOBS_HOME=str(home2), BATCHOBS_CLICKHOUSE_URL=settings.url)
+        ingester = subprocess.Popen([BATCHOBS, "ingest", "--metrics-port", "0"], env=env, stderr=subprocess.DEVNULL)
+        count = int(args.fresh_seconds * 1000)
+        writer = write_spool(home2 / "spool", count, rate=1000)
+        lags: list[float] = []
+        seen = 0
+        last = "1970-01-01 00:00:00.000000"
+        deadline = time.monotonic() + args.fresh_seconds + 60
+        while seen < count and time.monotonic() < deadline:
+            rows = client.query(
+                "SELECT emitted_at FROM events WHERE emitted_at > {last:DateTime64(6, 'UTC')} ORDER BY emitted_at",
+                parameters={"last": last}).result_rows
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            for (emitted,) in rows:
+                lags.append((now - emitted).total_seconds())
+            if rows:
+                seen += len(rows)
+                last = rows[-1][0].strftime("%Y-%m-%d %H:%M:%S.%f")
+            time.sleep(0.05)
+        writer.wait(60)
+        ingester.terminate()
+        ingester.wait(60)
+        lags.sort()
+        report["freshness_at_1k_per_s"] = {
+            "events": len(lags), "p50_s": round(statistics.median(lags), 3),
+            "p95_s": round(lags[int(0.95 * (len(lags) - 1))], 3), "max_s": round(lags[-1], 3),
+        }
+    finally:
+        server.stop()
+    print(json.dumps(report, indent=2))
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "ingest_throughput.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
