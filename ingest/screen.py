@@ -97,8 +97,11 @@ def looks_clean(data: bytes, max_line: int) -> bool:
 
 
 def lines_of(source: str, start: int, data: bytes) -> list[Line]:
+    """The lines of ``data`` (from byte ``start`` of ``source``); only LF ends a line, never CR."""
     out, position = [], start
-    for raw in data.splitlines(keepends=True):
+    while position - start < len(data):
+        end = data.find(b"\n", position - start)
+        raw = data[position - start :] if end < 0 else data[position - start : end + 1]
         out.append(Line(source, position, raw))
         position += len(raw)
     return out

@@ -96,6 +96,13 @@ class TestContractInTheWarehouse:
         assert dead[len(good[0]) + len(good[1])]
 
 
+def test_only_lf_ends_a_line() -> None:
+    """A CR inside a line does not split it (bytes.splitlines would)."""
+    from ingest.screen import lines_of
+
+    assert [(10, b"a\rb\n"), (14, b"c")] == [(ln.position, ln.raw) for ln in lines_of("f", 10, b"a\rb\nc")]
+
+
 class TestBatches:
     def test_clean_batch_lands_and_spool_file_is_retired(self, database: ClickHouseSettings, tmp_path: Path) -> None:
         """Good events land once; a finished, fully read spool file is deleted."""
