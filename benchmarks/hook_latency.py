@@ -16,7 +16,6 @@ Usage: python benchmarks/hook_latency.py [--tasks 2000] [--v3-silent-tasks 4]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway  # noqa: E402
 
+from benchmarks._report import save  # noqa: E402
 from listener.config import ListenerConfig  # noqa: E402
 from listener.plugin import BatchobsListener  # noqa: E402
 from tests import servers  # noqa: E402
@@ -122,10 +122,7 @@ def main() -> None:
     for case in ("up", "refusing", "not answering"):
         ours, v3 = report[f"batchobs, gateway {case}"], report[f"article V3, gateway {case}"]
         report[f"p99 ratio V3/batchobs, gateway {case}"] = round(v3["p99_ms"] / ours["p99_ms"], 1)
-    print(json.dumps(report, indent=2))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "hook_latency.json").write_text(json.dumps(report, indent=2))
+    save("hook_latency", report)
 
 
 if __name__ == "__main__":

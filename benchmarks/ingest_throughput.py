@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import save  # noqa: E402
 from ingest.writer import EVENT_SETTINGS  # noqa: E402
 from listener.contract import COLUMNS  # noqa: E402
 from warehouse import embedded  # noqa: E402
@@ -143,10 +144,7 @@ def main() -> None:
         }
     finally:
         server.stop()
-    print(json.dumps(report, indent=2))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "ingest_throughput.json").write_text(json.dumps(report, indent=2))
+    save("ingest_throughput", report)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: python benchmarks/insert_throughput.py [--events 300000] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import save  # noqa: E402
 from listener.contract import COLUMNS, encode  # noqa: E402
 from warehouse import embedded  # noqa: E402
 from warehouse.connection import ClickHouseSettings  # noqa: E402
@@ -136,10 +136,7 @@ def main() -> None:
         for how in ("send_insert", "FROM INFILE"):
             report[f"ratio http/direct {how} {fmt}"] = round(
                 results[f"direct {how} {fmt}"] / results[f"http {fmt}"], 2)
-    print(json.dumps(report, indent=2))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "insert_throughput.json").write_text(json.dumps({"events": n, **report}, indent=2))
+    save("insert_throughput", {"events": n, **report})
 
 
 if __name__ == "__main__":

@@ -42,16 +42,31 @@ def _dag_run_of(ti: Any) -> Any:
     return _attr(ti, "dag_run")
 
 
+def _timing(obj: Any, state: str, now: datetime) -> dict[str, Any]:
+    """start_date, end_date and duration_s of a task try or a DAG run at a state change."""
+    start = _aware(_attr(obj, "start_date"))
+    end = _aware(_attr(obj, "end_date"))
+    if state == "running":
+        return {"start_date": start, "end_date": None, "duration_s": None}
+    end = end or now  # the end hooks fire before Airflow records end_date
+    duration = (end - start).total_seconds() if start else None
+    return {"start_date": start, "end_date": end,
+            "duration_s": max(0.0, duration) if duration is not None else None}
+
+
+def _run_context(dag_run: Any) -> dict[str, Any]:
+    return {
+        "run_type": state_name(_attr(dag_run, "run_type")),
+        "logical_date": _aware(_attr(dag_run, "logical_date")),
+        "data_interval_start": _aware(_attr(dag_run, "data_interval_start")),
+        "data_interval_end": _aware(_attr(dag_run, "data_interval_end")),
+    }
+
+
 def task_fields(ti: Any, state: str, previous_state: Any, now: datetime) -> dict[str, Any]:
     """Event fields of a task instance at a state change."""
     task = _attr(ti, "task")
-    dag_run = _dag_run_of(ti)
     context = _attr(ti, "_ti_context_from_server")
-    start = _aware(_attr(ti, "start_date"))
-    end = _aware(_attr(ti, "end_date"))
-    if state != "running" and end is None:
-        end = now  # the task runner sets end_date after the hook
-    duration = (end - start).total_seconds() if start and end and state != "running" else None
     map_index = _attr(ti, "map_index", -1)
     return {
         "dag_id": str(ti.dag_id),
@@ -64,34 +79,19 @@ def task_fields(ti: Any, state: str, previous_state: Any, now: datetime) -> dict
         "operator": str(_attr(task, "task_type", _attr(ti, "operator", ""))),
         "queue": str(_attr(ti, "queue", _attr(task, "queue", ""))),
         "pool": str(_attr(ti, "pool", _attr(task, "pool", ""))),
-        "run_type": state_name(_attr(dag_run, "run_type")),
-        "logical_date": _aware(_attr(dag_run, "logical_date")),
-        "data_interval_start": _aware(_attr(dag_run, "data_interval_start")),
-        "data_interval_end": _aware(_attr(dag_run, "data_interval_end")),
         "queued_at": _aware(_attr(ti, "queued_dttm")),
-        "start_date": start,
-        "end_date": end if state != "running" else None,
-        "duration_s": max(0.0, duration) if duration is not None else None,
+        **_run_context(_dag_run_of(ti)),
+        **_timing(ti, state, now),
     }
 
 
 def dag_run_fields(dag_run: Any, state: str, now: datetime) -> dict[str, Any]:
-    start = _aware(_attr(dag_run, "start_date"))
-    end = _aware(_attr(dag_run, "end_date"))
-    if state != "running" and end is None:
-        end = now
-    duration = (end - start).total_seconds() if start and end and state != "running" else None
     return {
         "dag_id": str(dag_run.dag_id),
         "run_id": str(dag_run.run_id),
-        "run_type": state_name(_attr(dag_run, "run_type")),
-        "logical_date": _aware(_attr(dag_run, "logical_date")),
-        "data_interval_start": _aware(_attr(dag_run, "data_interval_start")),
-        "data_interval_end": _aware(_attr(dag_run, "data_interval_end")),
         "queued_at": _aware(_attr(dag_run, "queued_at")),
-        "start_date": start,
-        "end_date": end if state != "running" else None,
-        "duration_s": max(0.0, duration) if duration is not None else None,
+        **_run_context(dag_run),
+        **_timing(dag_run, state, now),
     }
 
 

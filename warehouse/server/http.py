@@ -11,9 +11,7 @@ import base64
 import hmac
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -36,8 +34,8 @@ from .engine import (
     EngineConnection,
     EngineError,
     Sessions,
-    quote,
 )
+from .request import Body, decoded, first_keyword, insert_head, is_utf8, land_insert, read_head, read_rest
 
 __all__ = ["ClickHouseHTTPServer"]
 
@@ -58,7 +56,6 @@ STREAMED_KEYWORDS = frozenset({"SELECT", "WITH"})
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
 _REDACT = re.compile(r"((?:^|[?&\s])password)=[^&\s\"]*", re.IGNORECASE)
 CHUNK = 1 << 20  # body read size: large appends are what make chDB inserts fast
-MAX_QUERY_BYTES = 16 << 20  # a statement without inline data
 
 _STATUS_BY_CODE = {
     SYNTAX_ERROR: 400, BAD_ARGUMENTS: 400, UNKNOWN_FORMAT: 400, CANNOT_DECOMPRESS: 400,
@@ -151,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         query_id = params.get("query_id") or str(uuid.uuid4())
         started = time.perf_counter_ns()
-        body = _Body(self._body_chunks() if not read_only else iter(()))
+        body = Body(self._body_chunks() if not read_only else iter(()))
         try:
             self._authenticate(params)
             self._run(params, body, read_only, query_id, started)
@@ -195,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         if decoder is None:
             yield from raw
         else:
-            yield from _decoded(raw, decoder)
+            yield from decoded(raw, decoder)
 
     def _sized(self) -> Iterator[bytes]:
         try:
@@ -232,19 +229,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _run(self, params: dict[str, str], body: Iterator[bytes], read_only: bool,
              query_id: str, started: int) -> None:
         url_query = params.get("query", "").encode("utf-8")
-        head, rest = _read_head(url_query, body)
-        keyword = _first_keyword(head, final=False)
+        head, rest = read_head(url_query, body)
+        keyword = first_keyword(head, final=False)
         if keyword is None:  # a comment or literal runs past the first chunk
-            head = _read_rest(head, rest)
-            keyword = _first_keyword(head, final=True) or ""
+            head = read_rest(head, rest)
+            keyword = first_keyword(head, final=True) or ""
         insert = None
         if keyword == "INSERT" and not read_only:
-            insert, head = _insert_head(head, rest)
+            insert, head = insert_head(head, rest)
             if insert is not None:
                 head = head[insert.data_start :]
         if insert is None:
-            head = _read_rest(head, rest)
-            sql = head.decode("utf-8", errors="strict") if _is_utf8(head) else None
+            head = read_rest(head, rest)
+            sql = head.decode("utf-8", errors="strict") if is_utf8(head) else None
             if sql is None:
                 raise EngineError.of(SYNTAX_ERROR, "Query is not valid UTF-8")
             try:
@@ -260,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self._connection(params) as conn:
             conn.prepare(settings, params.get("database") or None)
             if insert is not None:
-                summary = _insert(conn, insert, head, rest, self.server.insert_spool)
+                summary = land_insert(conn, insert, head, rest, self.server.insert_spool)
                 self._send_summary(query_id, summary, started)
                 return
             self._query(conn, parsed, params, query_params, query_id, started)
@@ -366,141 +363,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-
-class _Body:
-    """The request body as an iterator that knows whether it was read to the end."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.exhausted = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            self.exhausted = True
-            raise
-
-
-def _decoded(raw: Iterator[bytes], decoder: codecs.Decoder) -> Iterator[bytes]:
-    for chunk in raw:
-        try:
-            out = decoder.decompress(chunk)
-        except Exception as exc:  # noqa: BLE001 - each codec raises its own type
-            raise EngineError.of(CANNOT_DECOMPRESS, f"Cannot decompress request body: {exc}") from None
-        if out:
-            yield out
-
-
-def _read_head(url_query: bytes, body: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
-    """The URL query (if any) joined with the first body chunk, and the rest of the body."""
-    first = next(body, b"")
-    if url_query and first:
-        return url_query + b"\n" + first, body
-    return url_query or first, body
-
-
-def _more(head: bytes, rest: Iterator[bytes], limit: int) -> bytes | None:
-    chunk = next(rest, None)
-    if chunk is None:
-        return None
-    if len(head) + len(chunk) > limit:
-        raise EngineError.of(SYNTAX_ERROR, f"Max query size exceeded ({limit} bytes)")
-    return head + chunk
-
-
-def _first_keyword(head: bytes, final: bool) -> str | None:
-    """The statement's leading keyword; None if more input is needed to know it."""
-    text = head.decode("latin-1")  # 1:1 bytes->chars, so offsets stay byte offsets
-    try:
-        for tok in sqlscan.tokens(text, final=final):
-            return text[tok.start : tok.end].upper() if tok.kind == "word" else ""
-    except sqlscan.Incomplete:
-        return None
-    except sqlscan.SqlScanError as exc:
-        raise EngineError.of(SYNTAX_ERROR, f"Syntax error: {exc}") from None
-    return ""
-
-
-def _insert_head(head: bytes, rest: Iterator[bytes]) -> tuple[sqlscan.InsertHead | None, bytes]:
-    """Parse ``INSERT ... FORMAT x``, pulling more body until the head is complete.
-
-    Returns the head (None for an INSERT without inline data) and the bytes read so far.
-    """
-    text = head.decode("latin-1")
-    while True:
-        try:
-            found = sqlscan.parse_insert_head(text, final=False)
-        except sqlscan.Incomplete:
-            grown = _more(head, rest, MAX_QUERY_BYTES)
-            if grown is None:
-                try:
-                    found = sqlscan.parse_insert_head(text, final=True)
-                except sqlscan.SqlScanError as exc:
-                    raise EngineError.of(SYNTAX_ERROR, f"Syntax error: {exc}") from None
-            else:
-                head, text = grown, grown.decode("latin-1")
-                continue
-        except sqlscan.SqlScanError as exc:
-            raise EngineError.of(SYNTAX_ERROR, f"Syntax error: {exc}") from None
-        if found is None:
-            return None, head
-        return sqlscan.InsertHead(_utf8(found.sql), _utf8(found.settings), _utf8(found.format),
-                                  found.data_start), head
-
-
-def _utf8(part: str) -> str:
-    """Undo the latin-1 view of the head: the SQL text is UTF-8."""
-    return part.encode("latin-1").decode("utf-8", "replace")
-
-
-def _read_rest(head: bytes, rest: Iterator[bytes]) -> bytes:
-    while (grown := _more(head, rest, MAX_QUERY_BYTES)) is not None:
-        head = grown
-    return head
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-_FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-
-def _insert(conn: EngineConnection, insert: sqlscan.InsertHead, head: bytes,
-            rest: Iterator[bytes], spool_dir: Path) -> dict[str, int]:
-    """Land the inline data: spool the body to a file, then one INSERT ... FROM INFILE.
-
-    chDB 26.9's streaming inserter (``send_insert``) reports rows as written when
-    the table rejects them (constraint violations, too many partitions): the rows
-    are silently lost.  ``FROM INFILE`` raises those errors, and the file keeps
-    memory bounded however large the body.
-    """
-    if not _FORMAT_NAME.match(insert.format):
-        raise EngineError.of(UNKNOWN_FORMAT, f"Unknown input format {insert.format[:64]!r}")
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=spool_dir, suffix=".insert")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if head:
-                out.write(head)
-            for chunk in rest:
-                out.write(chunk)
-        sql = f"{insert.sql} FROM INFILE {quote(name)} {insert.settings} FORMAT {insert.format}"
-        result = conn.query(sql)
-    finally:
-        os.unlink(name)
-    written = result.rows_written()
-    return {"read_rows": 0, "read_bytes": 0, "written_rows": written,
-            "written_bytes": result.bytes_written(), "result_rows": written, "result_bytes": 0}
 
 
 class _OneChunk:
