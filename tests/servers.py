@@ -143,7 +143,7 @@ def refusing_url() -> str:
 
 
 def airflow_env(home: Path, spool: Path, **extra: str) -> dict[str, str]:
-    return demo.airflow_env(home, spool, EXAMPLES, BATCHOBS_INSTANCE="test", **extra)
+    return demo.airflow_env(home, spool, EXAMPLES, **{"BATCHOBS_INSTANCE": "test", **extra})
 
 
 def migrate_airflow(home: Path) -> None:
