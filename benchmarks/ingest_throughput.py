@@ -74,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--fresh-seconds", type=float, default=30)
+    parser.add_argument("--batch-rows", type=int, default=10_000)
+    parser.add_argument("--batch-bytes", type=int, default=8 << 20)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     server = embedded.start(tmp / "warehouse")
@@ -101,10 +103,12 @@ def main() -> None:
         native = time.perf_counter() - started
         assert client.command("SELECT count() FROM events") == args.events
         fresh_table(client, ddl)
-        seconds, peak = run_ingester(settings, tmp / "home", "--once", "--retention", "keep")
+        seconds, peak = run_ingester(settings, tmp / "home", "--once", "--retention", "keep",
+                                     "--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes))
         assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
         report["throughput"] = {
-            "events": args.events, "spool_mb": round(size / 1e6, 1),
+            "events": args.events, "spool_mb": round(size / 1e6, 1), "batch_rows": args.batch_rows,
+            "batch_bytes": args.batch_bytes,
             "clickhouse_file_s": round(native, 2), "clickhouse_file_events_per_s": round(args.events / native),
             "ingester_s": round(seconds, 2), "ingester_events_per_s": round(args.events / seconds),
             "ratio_ingester_to_native": round(native / seconds, 2),
