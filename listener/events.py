@@ -1,8 +1,8 @@
 """Events rendered by a private structlog pipeline into the spool.
 
-Airflow 3 configures structlog for the whole process, so this never calls
-``structlog.configure()``: it wraps its own sink with its own processors, and
-names every part of the configuration so none is taken from the global one.
+Airflow 3 configures structlog for the whole process, so this never touches
+structlog's global configuration: it wraps its own sink with its own processors,
+and names every part of the configuration so none is taken from the global one.
 The pipeline: stamp (time, instance, host) -> scrub the error -> the contract's
 Event (validated) -> one JSON line -> the spool.
 """

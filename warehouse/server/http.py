@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import logging
 import re
 import threading
@@ -36,6 +35,7 @@ from .engine import (
     Sessions,
 )
 from .request import Body, decoded, first_keyword, insert_head, is_utf8, land_insert, read_head, read_rest
+from .results import OneChunk, result_chunks, summary_json
 
 __all__ = ["ClickHouseHTTPServer"]
 
@@ -286,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
             if parsed.keyword in STREAMED_KEYWORDS:
                 stream: Any = conn.conn.send_query(parsed.sql, fmt, params=query_params)
             else:  # chDB streams only SELECTs; the rest return small results at once
-                stream = _OneChunk(conn.conn.query(parsed.sql, fmt, params=query_params))
+                stream = OneChunk(conn.conn.query(parsed.sql, fmt, params=query_params))
             first = stream.fetch()
         except Exception as exc:  # noqa: BLE001 - engine errors carry ClickHouse codes
             raise EngineError.from_exception(exc) from None
@@ -296,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
             ).decode().strip()
         summary = {"read_rows": 0, "read_bytes": 0, "written_rows": 0, "written_bytes": 0,
                    "result_rows": 0, "result_bytes": 0}
-        chunks = _result_chunks(first, stream, summary)
+        chunks = result_chunks(first, stream, summary)
         if params.get("wait_end_of_query") == "1":
             buffered = list(chunks)  # errors surface before any header is sent
             chunks = iter(buffered)
@@ -317,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", _CONTENT_TYPES.get(fmt, "application/octet-stream"))
         self.send_header("X-ClickHouse-Format", fmt)
         self._common_headers(query_id)
-        self.send_header("X-ClickHouse-Summary", _summary_json(summary, started))
+        self.send_header("X-ClickHouse-Summary", summary_json(summary, started))
         if encoding:
             self.send_header("Content-Encoding", encoding)
         self.send_header("Transfer-Encoding", "chunked")
@@ -344,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=UTF-8")
         self._common_headers(query_id)
-        self.send_header("X-ClickHouse-Summary", _summary_json(summary, started))
+        self.send_header("X-ClickHouse-Summary", summary_json(summary, started))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -366,42 +366,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-
-class _OneChunk:
-    """A complete result shaped like a chDB stream."""
-
-    def __init__(self, result: Any) -> None:
-        self._result = result
-
-    def fetch(self) -> Any:
-        result, self._result = self._result, None
-        return result
-
-    def close(self) -> None:
-        self._result = None
-
-
-def _result_chunks(first: Any, stream: Any, summary: dict[str, int]) -> Iterator[bytes]:
-    chunk = first
-    try:
-        while chunk is not None:
-            data = bytes(chunk.bytes())
-            summary["result_bytes"] += len(data)
-            summary["read_rows"] += chunk.rows_read()
-            summary["read_bytes"] += chunk.bytes_read()
-            yield data
-            chunk = stream.fetch()
-    except EngineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - engine errors carry ClickHouse codes
-        raise EngineError.from_exception(exc) from None
-    finally:
-        stream.close()
-
-
-def _summary_json(summary: dict[str, int], started: int) -> str:
-    out = {k: str(v) for k, v in summary.items()}
-    out["total_rows_to_read"] = str(summary["read_rows"])
-    out["elapsed_ns"] = str(time.perf_counter_ns() - started)
-    return json.dumps(out, separators=(",", ":"))
