@@ -44,6 +44,7 @@ UNKNOWN_FORMAT = 73
 CANNOT_DECOMPRESS = 271
 NOT_IMPLEMENTED = 48
 STD_EXCEPTION = 1001
+LOCK_GRACE_S = 0.5
 
 
 class EngineError(Exception):
@@ -243,10 +244,11 @@ class Sessions:
                     raise EngineError.of(SESSION_NOT_FOUND, f"Session {session_id[:64]} not found")
                 sess = _Session(self._engine.new_connection(keeps_baseline=True), timeout_s)
                 self._sessions[session_id] = sess
-            if not sess.lock.acquire(blocking=False):
-                raise EngineError.of(
-                    SESSION_IS_LOCKED, f"Session {session_id[:64]} is locked by a concurrent client"
-                )
+        # The previous query of this session may still be sending its last bytes when the
+        # client, already holding the whole response, sends the next: wait a moment for it.
+        # A query still running after that is a concurrent client.
+        if not sess.lock.acquire(timeout=LOCK_GRACE_S):
+            raise EngineError.of(SESSION_IS_LOCKED, f"Session {session_id[:64]} is locked by a concurrent client")
         try:
             sess.timeout_s = timeout_s
             yield sess.conn
