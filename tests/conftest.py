@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from warehouse import embedded
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
+
+
+# CI replays the same examples every run (a red CI names a reproducible input);
+# locally hypothesis explores new ones each time.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 def _docker_answers() -> bool:
