@@ -20,7 +20,6 @@ from warehouse import embedded
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
 
-
 # CI replays the same examples every run (a red CI names a reproducible input);
 # locally hypothesis explores new ones each time.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
