@@ -251,9 +251,10 @@ class TestSessions:
     def test_session_state_persists(self, url: str) -> None:
         """SET and temporary tables live as long as the session."""
         sid = uuid.uuid4().hex
-        raw(url, "POST", f"/?session_id={sid}", b"SET max_threads = 1")
-        raw(url, "POST", f"/?session_id={sid}", b"CREATE TEMPORARY TABLE tmp (a UInt8)")
-        raw(url, "POST", f"/?session_id={sid}", b"INSERT INTO tmp VALUES (5)")
+        for statement in (b"SET max_threads = 1", b"CREATE TEMPORARY TABLE tmp (a UInt8)",
+                          b"INSERT INTO tmp VALUES (5)"):
+            # one after another, each on a new connection: never "locked by a concurrent client"
+            assert 200 == raw(url, "POST", f"/?session_id={sid}", statement)[0]
         assert b"1\t5\n" == raw(url, "POST", f"/?session_id={sid}",
                                 b"SELECT getSetting('max_threads'), sum(a) FROM tmp")[2]
         # a per-query setting in the session does not replace the session's own SET
