@@ -140,7 +140,7 @@ class Ingester:
                 chunk = chunk.first_lines(self.config.max_rows - rows)
                 chunks.append(chunk)
                 taken[file.name] = chunk.end
-                rows += max(1, chunk.data.count(b"\n"))
+                rows += max(1, chunk.lines)
                 size += chunk.end - chunk.start
                 grew = True
             if not chunks:
@@ -178,7 +178,7 @@ class Ingester:
         fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes)
                    for c in chunks)
         return Batch(chunks, ranges, token_for([(r.name, r.start, r.end) for r in ranges]), fast,
-                     sum(c.data.count(b"\n") for c in chunks))
+                     sum(c.lines for c in chunks))
 
     def _deliver(self, batch: Batch, replay: bool = False) -> bool:
         """Land one batch and commit its read positions; False if stopped before it landed."""

@@ -13,11 +13,15 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
+from listener.spool import host_token
+
 __all__ = ["Chunk", "SpoolFile", "finished", "latest_sequences", "list_files", "read_chunk"]
 
+_LOCAL_HOST = host_token(socket.gethostname())
 _NAME = re.compile(r"^(?P<host>[^-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<seq>\d+)\.jsonl$")
 
 
@@ -62,7 +66,7 @@ def finished(file: SpoolFile, latest: dict[str, int], hostname: str | None = Non
     """True when no more bytes can be appended to ``file``."""
     if latest.get(file.writer, file.seq) > file.seq:
         return True
-    local = (hostname or socket.gethostname()).replace("-", "_")
+    local = host_token(hostname) if hostname else _LOCAL_HOST
     if file.host != local:
         return False  # another host's writer: wait for its next sequence
     try:
@@ -84,6 +88,11 @@ class Chunk:
     data: bytes
     truncated_tail: bool = False  # data is a finished file's last fragment (no newline)
     oversize: bool = False  # data is the head of a line longer than the limit; end skips all of it
+
+    @cached_property
+    def lines(self) -> int:
+        """Complete lines in the chunk (counted once: chunks run to megabytes)."""
+        return self.data.count(b"\n")
 
     def first_lines(self, n: int) -> Chunk:
         """The chunk cut after its first ``n`` lines (itself if it has no more)."""

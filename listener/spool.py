@@ -14,13 +14,18 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "host_token"]
+
+
+def host_token(hostname: str) -> str:
+    """The host as it appears in spool file names (no '-', which separates the name's parts)."""
+    return hostname.replace("/", "_").replace("-", "_") or "host"
 
 
 class Spool:
     def __init__(self, directory: Path, hostname: str, max_bytes: int = 64 << 20, fsync: bool = False):
         self.directory = directory
-        self._hostname = hostname.replace("/", "_").replace("-", "_") or "host"
+        self._hostname = host_token(hostname)
         self._max_bytes = max_bytes
         self._fsync = fsync
         self._lock = threading.Lock()

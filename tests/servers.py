@@ -82,12 +82,7 @@ def start_pushgateway(workdir: Path) -> Process:
 def start_prometheus(workdir: Path, gateway_url: str) -> Process:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    target = gateway_url.split("//", 1)[1]
-    (workdir / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['{target}']\n"
-    )
+    (workdir / "prometheus.yml").write_text(demo.prometheus_config(gateway_url.split("//", 1)[1]))
     proc = subprocess.Popen(
         [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
          f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

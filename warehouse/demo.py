@@ -33,7 +33,7 @@ from . import embedded
 from .connection import DATABASE, ClickHouseSettings, home_dir
 from .migrate import apply, retention_days_from_env
 
-__all__ = ["AUDIT_SQL", "FAILURE_RATE_SQL", "run", "run_dag_test"]
+__all__ = ["AUDIT_SQL", "FAILURE_RATE_SQL", "prometheus_config", "run", "run_dag_test"]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batchobs_example.py"
 
@@ -178,9 +178,7 @@ def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
     work = Path(tempfile.mkdtemp(prefix="batchobs-demo-prom-"))
     gw_port, prom_port = _free_port(), _free_port()
     gateway = f"http://127.0.0.1:{gw_port}"
-    (work / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{gw_port}']\n")
+    (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{gw_port}"))
     procs = [
         subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],  # noqa: S603
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -196,6 +194,13 @@ def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def prometheus_config(gateway: str) -> str:
+    """Scrape the Pushgateway at ``host:port`` every second, keeping the pushed labels."""
+    return ("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
+            f"    static_configs:\n      - targets: ['{gateway}']\n")
 
 
 def _print_fleet(console: Console, prometheus: str) -> None:
