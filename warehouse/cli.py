@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ingest.service import Ingester
 
+    from .audit import Question
+
 __all__ = ["main"]
 
 
@@ -53,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once)")
     ingest.add_argument("--metrics-host", default="127.0.0.1")
 
+    dbt = sub.add_parser("dbt", help="run dbt on the project in dbt/ against the configured warehouse",
+                         description="Everything after `dbt` goes to dbt, e.g. `batchobs dbt build`.")
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER, help="dbt's own arguments (default: build)")
+
+    audit = sub.add_parser("audit", help="run-level audit questions (from the dbt marts, else raw events)")
+    questions = audit.add_subparsers(dest="question", required=True)
+    for question in _audit_questions().values():
+        ask = questions.add_parser(question.name, help=question.help, description=question.help)
+        for param in question.params:
+            default = "" if param.default in (None, "") else f" (default {param.default})"
+            ask.add_argument("--" + param.name.replace("_", "-"), dest=param.name, help=param.help + default,
+                             required=param.default is None and param.name not in ("since", "until"))
+        ask.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        ask.add_argument("--source", choices=("auto", "marts", "events"), default="auto",
+                         help="auto: the dbt marts when built, else raw events")
+
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
     demo.add_argument("--runs", default=3, type=int, help="runs of the sample DAG in Airflow")
     return parser
@@ -68,11 +86,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate()
     if args.command == "ingest":
         return _ingest(args)
+    if args.command == "dbt":
+        return _dbt(args.dbt_args or ["build"])
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "demo":
         from .demo import run
 
         return run(runs=args.runs)
     return 2
+
+
+def _audit_questions() -> dict[str, Question]:
+    from .audit import QUESTIONS
+
+    return QUESTIONS
+
+
+def _dbt(dbt_args: list[str]) -> int:
+    from .connection import resolve
+    from .transform import run_dbt
+
+    return run_dbt(dbt_args, resolve()).returncode
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import AuditError, ask, render
+    from .connection import resolve
+    from .transform import marts_database
+
+    settings = resolve()
+    question = _audit_questions()[args.question]
+    params = {p.name: getattr(args, p.name) for p in question.params}
+    try:
+        answer = ask(settings.client(), args.question, params, marts_database(settings), args.source)
+    except AuditError as exc:
+        print(f"batchobs audit: {exc}", file=sys.stderr)
+        return 2
+    render(answer, args.format, sys.stdout)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

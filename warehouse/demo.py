@@ -5,8 +5,9 @@
 3. ``examples/batchobs_example.py`` runs several times in a real Airflow (``dag.test()``)
    with the listener on: events to the spool, gauges to the Pushgateway;
 4. the ingester drains the spool into ClickHouse;
-5. a per-run audit table and a failure-rate summary are printed from SQL, and the
-   fleet gauges from Prometheus.
+5. dbt builds and tests the models (``dbt/``);
+6. a per-run audit table and the daily failure-rate rollup are printed from the marts,
+   and the fleet gauges from Prometheus.
 """
 
 from __future__ import annotations
@@ -32,33 +33,28 @@ from rich.table import Table
 from . import embedded
 from .connection import DATABASE, ClickHouseSettings, home_dir
 from .migrate import apply, retention_days_from_env
+from .transform import marts_database, run_dbt
 
-__all__ = ["AUDIT_SQL", "FAILURE_RATE_SQL", "prometheus_config", "run", "run_dag_test"]
+__all__ = ["ROLLUP_SQL", "RUNS_SQL", "prometheus_config", "run", "run_dag_test"]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batchobs_example.py"
 
-# Final state of a task instance: its last try; on a tie the scheduler's reconciled
-# record (what the metadata DB holds) wins over the task's own hook.
-AUDIT_SQL = """
-SELECT run_id, task_id, map_index,
-       max(try_number) AS tries,
-       argMax(state, (try_number, kind = 'task_reconciled', emitted_at)) AS final_state,
-       round(sumIf(duration_s, kind = 'task_instance'), 2) AS duration_s
-FROM events FINAL
-WHERE dag_id = {dag_id:String} AND kind IN ('task_instance', 'task_reconciled') AND state != 'running'
-GROUP BY run_id, task_id, map_index
+# The demo's two reports, read from the dbt marts (dbt/models/marts).
+RUNS_SQL = """
+SELECT run_id, task_id, map_index, tries, final_state, first_try_succeeded,
+       round(total_duration_s, 2) AS duration_s, final_error_type AS error
+FROM {marts:Identifier}.fct_task_runs
+WHERE dag_id = {dag_id:String}
 ORDER BY run_id, task_id, map_index
 """
 
-FAILURE_RATE_SQL = """
-SELECT task_id,
-       count() AS task_runs,
-       countIf(final_state = 'failed') AS failures,
-       round(failures / task_runs, 3) AS failure_rate,
-       countIf(tries > 1 AND final_state = 'success') AS retried_then_succeeded
-FROM ({audit})
-GROUP BY task_id
-ORDER BY failure_rate DESC, task_id
+ROLLUP_SQL = """
+SELECT run_date, task_id, runs, failures, round(failure_rate, 3) AS failure_rate,
+       round(first_try_success_rate, 3) AS first_try_success_rate, round(retry_rate, 3) AS retry_rate,
+       round(duration_p50_s, 2) AS p50_s, round(duration_p95_s, 2) AS p95_s
+FROM {marts:Identifier}.agg_task_failure_rate_daily
+WHERE dag_id = {dag_id:String}
+ORDER BY run_date, failure_rate DESC, task_id
 """
 
 RUNNER = r"""
@@ -108,7 +104,7 @@ def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1, timeout_s: 
 
 
 def run(runs: int = 3) -> int:
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole columns
     home = home_dir()
     with ExitStack() as stack:
         settings = stack.enter_context(_warehouse(console, home))
@@ -140,11 +136,21 @@ def run(runs: int = 3) -> int:
         dead = int(ingester.metrics.dead_letters._value.get())
         console.print(f"[bold]ingest[/] {inserted} events inserted, {dead} dead letters")
 
+        with console.status("building the dbt models (dbt build: models, schema and unit tests)"):
+            built = run_dbt(["build", "--quiet"], settings, capture=True)
+        if built.returncode != 0:
+            console.print(built.stdout[-4000:], built.stderr[-2000:], markup=False)
+            console.print("[bold red]dbt build failed[/]")
+            return 1
+        console.print("[bold]dbt[/] models built and tested (`batchobs dbt build`)")
+
         client = settings.client()
-        params = {"dag_id": "batchobs_example"}
-        _print(console, "Per-run audit (from SQL)", client.query(AUDIT_SQL, parameters=params))
-        _print(console, "Failure rate by task (from SQL)",
-               client.query(FAILURE_RATE_SQL.format(audit=AUDIT_SQL), parameters=params))
+        params = {"dag_id": "batchobs_example", "marts": marts_database(settings)}
+        _print(console, "Per-run audit: one row per task instance (fct_task_runs)",
+               client.query(RUNS_SQL, parameters=params))
+        _print(console, "Failure-rate rollup by day and task (agg_task_failure_rate_daily)",
+               client.query(ROLLUP_SQL, parameters=params))
+        console.print("More questions: `batchobs audit --help` (runs, timeline, failures, flaky, slowest, metrics)")
         if prometheus:
             _print_fleet(console, prometheus)
         else:
@@ -243,5 +249,5 @@ def _print(console: Console, title: str, result: Any) -> None:
     for name in result.column_names:
         table.add_column(name)
     for row in result.result_rows:
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
