@@ -77,7 +77,7 @@ def _bind(question: Question, given: Mapping[str, Any], now: datetime) -> dict[s
             raise AuditError(f"{question.name}: --{param.name.replace('_', '-')} is required ({param.help})")
         bound[param.name] = value if value is None else _coerce(param, value)
     if "until" in names:
-        bound["until"] = bound["until"] or now.astimezone(timezone.utc).replace(tzinfo=None)
+        bound["until"] = bound["until"] or now.astimezone(timezone.utc).date() + timedelta(days=1)
         bound["since"] = bound["since"] or bound["until"] - DEFAULT_WINDOW
         if bound["since"] >= bound["until"]:
             raise AuditError(f"{question.name}: --since must be before --until")
@@ -87,11 +87,8 @@ def _bind(question: Question, given: Mapping[str, Any], now: datetime) -> dict[s
 def _coerce(param: Param, value: Any) -> Any:
     """A parameter's value as the Python type its ClickHouse type binds from."""
     try:
-        if param.type.startswith("DateTime64"):
-            moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-            if moment.tzinfo is not None:  # bound as naive UTC: the parameter's type says UTC
-                moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-            return moment
+        if param.type == "Date":
+            return value if isinstance(value, date) else date.fromisoformat(str(value))
         if param.type == "UInt32":
             number = int(value)
             if not 0 <= number < 2**32:

@@ -31,14 +31,16 @@ class Question:
 DAG: Final = Param("dag_id", "String", "the DAG")
 ANY_DAG: Final = Param("dag_id", "String", "only this DAG (default: every DAG)", default="")
 RUN: Final = Param("run_id", "String", "the DAG run")
-SINCE: Final = Param("since", "DateTime64(6, 'UTC')", "window start, inclusive (default: 7 days before --until)")
-UNTIL: Final = Param("until", "DateTime64(6, 'UTC')", "window end, exclusive (default: now)")
-WINDOW: Final = "started_at >= {since:DateTime64(6, 'UTC')} AND started_at < {until:DateTime64(6, 'UTC')}"
+# Windows are over run dates (a run's logical date, else the day it started), as in the
+# daily rollups; the marts are partitioned by month of it, so a window reads few parts.
+SINCE: Final = Param("since", "Date", "first run date in the window (default: 7 days before --until)")
+UNTIL: Final = Param("until", "Date", "run date after the window, exclusive (default: tomorrow, UTC)")
+WINDOW: Final = "run_date >= {since:Date} AND run_date < {until:Date}"
 DAG_FILTER: Final = "({dag_id:String} = '' OR dag_id = {dag_id:String})"
 
 QUESTIONS: Final[dict[str, Question]] = {q.name: q for q in (
     Question(
-        "runs", "runs of a DAG that started in a window",
+        "runs", "runs of a DAG in a window of run dates",
         (DAG, SINCE, UNTIL),
         f"""
         SELECT run_id, run_type, state, started_at, ended_at, round(duration_s, 3) AS duration_s,
@@ -60,7 +62,7 @@ QUESTIONS: Final[dict[str, Question]] = {q.name: q for q in (
         """,
     ),
     Question(
-        "failures", "task runs that ended failed, started in a window",
+        "failures", "task runs that ended failed, in a window of run dates",
         (SINCE, UNTIL, ANY_DAG),
         f"""
         SELECT dag_id, run_id, task_id, map_index, tries, started_at, ended_at,
@@ -102,8 +104,8 @@ QUESTIONS: Final[dict[str, Question]] = {q.name: q for q in (
             SELECT dag_id, task_id, quantileExact(0.95)(total_duration_s) AS p95_s
             FROM task_runs
             WHERE final_state = 'success' AND {DAG_FILTER}
-              AND started_at >= {{until:DateTime64(6, 'UTC')}} - toIntervalDay({{baseline_days:UInt32}})
-              AND started_at < {{until:DateTime64(6, 'UTC')}}
+              AND run_date >= {{until:Date}} - toIntervalDay({{baseline_days:UInt32}})
+              AND run_date < {{until:Date}}
             GROUP BY dag_id, task_id
         ) AS baseline ON baseline.dag_id = runs.dag_id AND baseline.task_id = runs.task_id
         WHERE runs.total_duration_s > baseline.p95_s

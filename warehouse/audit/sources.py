@@ -66,6 +66,7 @@ dag_runs AS (
         keys.run_id AS run_id,
         if(runs.state != '', runs.state, 'unknown') AS state,
         if(runs.run_type != '', runs.run_type, tasks.run_type) AS run_type,
+        toDate(coalesce(runs.logical_date, runs.started_at, tasks.started_at, runs.first_emitted_at)) AS run_date,
         coalesce(runs.started_at, tasks.started_at) AS started_at,
         coalesce(runs.ended_at, if(state IN ('success', 'failed'), tasks.ended_at, NULL)) AS ended_at,
         coalesce(runs.duration_s, dateDiff('microsecond', started_at, ended_at) / 1e6) AS duration_s,
@@ -81,9 +82,11 @@ dag_runs AS (
             dag_id, run_id,
             argMax(state, emitted_at) AS state,
             argMaxIf(run_type, emitted_at, run_type != '') AS run_type,
+            min(logical_date) AS logical_date,
             min(start_date) AS started_at,
             max(end_date) AS ended_at,
-            max(duration_s) AS duration_s
+            max(duration_s) AS duration_s,
+            min(emitted_at) AS first_emitted_at
         FROM events FINAL
         WHERE kind = 'dag_run'
         GROUP BY dag_id, run_id

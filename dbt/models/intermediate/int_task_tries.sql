@@ -6,6 +6,8 @@
     order_by='(dag_id, run_id, task_id, map_index, try_number)',
 ) }}
 
+-- depends_on: {{ ref('stg_airflow__event_arrivals') }}  (read by changed_runs when incremental)
+
 -- One row per task try.  Every aggregate here gives the same answer when an event
 -- is seen twice (argMax, min, max, uniqExact), so a duplicate never double counts.
 with task_events as (
@@ -18,7 +20,7 @@ with task_events as (
         ended_at as event_ended_at
     from {{ ref('stg_airflow__task_events') }}
     {% if is_incremental() %}
-    where (dag_id, run_id) in ({{ changed_runs(ref('stg_airflow__task_events')) }})
+    where (dag_id, run_id) in ({{ changed_runs(['task_instance', 'task_reconciled']) }})
     {% endif %}
 ),
 

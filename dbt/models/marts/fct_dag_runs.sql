@@ -4,7 +4,10 @@
     unique_key='dag_id, run_id',
     engine='MergeTree()',
     order_by='(dag_id, run_id)',
+    partition_by='toYYYYMM(run_date)',
 ) }}
+
+-- depends_on: {{ ref('stg_airflow__event_arrivals') }}  (read by changed_runs when incremental)
 
 -- One row per DAG run: its own events (scheduler) joined to its task runs.  A run
 -- seen only through task events (no listener in the scheduler) has state 'unknown'.
@@ -12,9 +15,7 @@ with
 
 {% if is_incremental() %}
 changed as (
-    {{ changed_runs(ref('stg_airflow__dag_run_events')) }}
-    union distinct
-    {{ changed_runs(ref('fct_task_runs'), 'last_ingested_at') }}
+    {{ changed_runs(['dag_run', 'task_instance', 'task_reconciled']) }}
 ),
 {% endif %}
 

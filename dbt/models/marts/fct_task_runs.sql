@@ -4,7 +4,10 @@
     unique_key='dag_id, run_id',
     engine='MergeTree()',
     order_by='(dag_id, run_id, task_id, map_index)',
+    partition_by='toYYYYMM(run_date)',
 ) }}
+
+-- depends_on: {{ ref('stg_airflow__event_arrivals') }}  (read by changed_runs when incremental)
 
 -- One row per task instance of a DAG run: (dag_id, run_id, task_id, map_index).
 with tries as (
@@ -15,7 +18,7 @@ with tries as (
         started_at as try_started_at
     from {{ ref('int_task_tries') }}
     {% if is_incremental() %}
-    where (dag_id, run_id) in ({{ changed_runs(ref('int_task_tries'), 'last_ingested_at') }})
+    where (dag_id, run_id) in ({{ changed_runs(['task_instance', 'task_reconciled']) }})
     {% endif %}
 ),
 
