@@ -7,9 +7,10 @@
    build at that size): p50/p95 of --repeat runs from the marts, and from raw events.
 
 Events are synthetic.history's three-run shape (a retry-then-success, a failure, a
-mapped and a skipped task in every run), copied in SQL across 1,000 DAGs and back in
-time, with ``ingested_at`` one second after ``emitted_at``: a backlog that arrived over
-time, as in production (incremental models look at what arrived since their last build).
+mapped and a skipped task in every run; a custom metric from each successful load),
+copied in SQL across 1,000 DAGs and back in time, with ``ingested_at`` one second after
+``emitted_at``: a backlog that arrived over time, as in production (incremental models
+look at what arrived since their last build).
 
 Usage: python benchmarks/dbt_and_audit.py [--events 1000000] [--more 10000] [--audit-events 10000000]
 """
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import save  # noqa: E402
-from listener.contract import COLUMNS, encode  # noqa: E402
+from listener.contract import COLUMNS, TASK_INSTANCE, TASK_METRIC, Event, encode, replace  # noqa: E402
 from warehouse import embedded  # noqa: E402
 from warehouse.audit import QUESTIONS, ask  # noqa: E402
 from warehouse.connection import ClickHouseSettings  # noqa: E402
@@ -39,7 +44,7 @@ from warehouse.synthetic import history  # noqa: E402
 from warehouse.transform import run_dbt  # noqa: E402
 
 DAGS = 1000
-TEMPLATE_RUNS = 3  # synthetic.history(3): 55 events over 3 days
+TEMPLATE_RUNS = 3  # synthetic.history(3) and its metrics: 55 events over 3 days
 SHIFTED = ("emitted_at", "logical_date", "start_date", "end_date")
 
 
@@ -52,7 +57,7 @@ def load(client: Any, events: int, start: datetime, first_copy: int = 0,
     """
     client.command("CREATE TABLE IF NOT EXISTS bench_template AS events ENGINE = Memory")
     if not client.query("SELECT count() FROM bench_template").result_rows[0][0]:
-        template = b"".join(encode(e) for e in history(TEMPLATE_RUNS, dag_id="t", start=start))
+        template = b"".join(encode(e) for e in with_metrics(history(TEMPLATE_RUNS, dag_id="t", start=start)))
         client.raw_insert("bench_template", insert_block=template, fmt="JSONEachRow")
     per_copy = int(client.query("SELECT count() FROM bench_template").result_rows[0][0])
     copies = max(1, events // per_copy)
@@ -76,14 +81,28 @@ def load(client: Any, events: int, start: datetime, first_copy: int = 0,
     return copies * per_copy, copies
 
 
+def with_metrics(events: Iterable[Event]) -> Iterator[Event]:
+    """The events, and a custom metric from each run's ``load`` task as it succeeds."""
+    for event in events:
+        yield event
+        if event.kind == TASK_INSTANCE and event.task_id == "load" and event.state == "success":
+            yield replace(event, kind=TASK_METRIC, state="", previous_state="", metric_name="rows_loaded",
+                          metric_value=1234.0, metric_unit="rows", attrs={"table": "orders"})
+
+
+TEMPLATE_EVENTS = sum(1 for _ in with_metrics(history(TEMPLATE_RUNS)))
+
+
 def span_start(events: int) -> datetime:
     """A start date such that every copy lies in the past."""
-    rounds = events // (55 * DAGS) + 1
+    rounds = events // (TEMPLATE_EVENTS * DAGS) + 1
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     return today - timedelta(days=rounds * TEMPLATE_RUNS + 7)
 
 
-def timed_dbt(settings: ClickHouseSettings, home: Path, *args: str) -> float:
+def timed_dbt(settings: ClickHouseSettings, home: Path, *args: str) -> dict[str, float]:
+    """Wall seconds of the dbt command, and the part dbt reports for its nodes (after its
+    own start: imports, manifest, connection)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHOBS_DBT")}
     env["BATCHOBS_HOME"] = str(home)
     started = time.perf_counter()
@@ -91,7 +110,8 @@ def timed_dbt(settings: ClickHouseSettings, home: Path, *args: str) -> float:
     elapsed = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(done.stdout[-5000:] + done.stderr[-2000:])
-    return round(elapsed, 2)
+    nodes = re.search(r"Finished running .* in .*?([0-9.]+) seconds", done.stdout)
+    return {"wall_s": round(elapsed, 2), "nodes_s": float(nodes.group(1)) if nodes else float("nan")}
 
 
 def add_increment(client: Any, more: int, start: datetime, copies: int) -> dict[str, int]:
@@ -114,7 +134,7 @@ def latencies(client: Any, marts: str, repeat: int, start: datetime, days: int) 
     run = client.query("SELECT run_id FROM events WHERE dag_id = 'dag_0500' AND kind = 'dag_run' "
                        "AND emitted_at >= {m:DateTime64(6)} ORDER BY emitted_at LIMIT 1",
                        parameters={"m": middle.replace(tzinfo=None)}).result_rows[0][0]
-    window = {"since": middle.isoformat(), "until": (middle + timedelta(days=7)).isoformat()}
+    window = {"since": middle.date().isoformat(), "until": (middle + timedelta(days=7)).date().isoformat()}
     params = {"runs": {"dag_id": "dag_0500", **window}, "timeline": {"dag_id": "dag_0500", "run_id": run},
               "failures": window, "flaky": window, "slowest": window,
               "metrics": {"dag_id": "dag_0500", "run_id": run}}
@@ -138,6 +158,7 @@ def main() -> None:
     parser.add_argument("--more", type=int, default=10_000)
     parser.add_argument("--audit-events", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--only", choices=("build", "audit"), help="one part only")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dbt-"))
     server = embedded.start(tmp / "warehouse")
@@ -145,6 +166,8 @@ def main() -> None:
     try:
         base = ClickHouseSettings.from_url(server.url + "/default")
         for name, size in (("build", args.events), ("audit", args.audit_events)):
+            if args.only and name != args.only:
+                continue
             apply(base.client(), name, 400)
             settings = base.with_database(name)
             client = settings.client()
@@ -153,6 +176,9 @@ def main() -> None:
             loaded, copies = load(client, size, start)
             report[f"{name}.events"] = loaded
             report[f"{name}.load_s"] = round(time.perf_counter() - started, 1)
+            started = time.perf_counter()  # dbt's start alone: imports, no project, no connection
+            subprocess.run([str(Path(sys.executable).with_name("dbt")), "--version"], capture_output=True, check=True)
+            report["dbt_version_s"] = round(time.perf_counter() - started, 2)
             timed_dbt(settings, tmp, "parse")  # dbt's own parse cache, as on any second run
             report[f"{name}.full_build_s"] = timed_dbt(settings, tmp, "build")
             if name == "build":
@@ -160,10 +186,11 @@ def main() -> None:
                 report["build.incremental_build_s"] = timed_dbt(settings, tmp, "build")
                 report["build.incremental_run_s"] = timed_dbt(settings, tmp, "run")
             else:
-                days = (size // (55 * DAGS) + 1) * TEMPLATE_RUNS
+                days = (size // (TEMPLATE_EVENTS * DAGS) + 1) * TEMPLATE_RUNS
                 report["audit.latency"] = latencies(client, name, args.repeat, start, days)
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     save("dbt_and_audit", report)
 
 

@@ -16,6 +16,7 @@ Usage: python benchmarks/hook_latency.py [--tasks 2000] [--v3-silent-tasks 4]
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def main() -> None:
                 report[f"article V3, gateway {case}"] = summary(measure(ArticleV3Plugin(url), v3_tasks))
     finally:
         gateway.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     for case in ("up", "refusing", "not answering"):
         ours, v3 = report[f"batchobs, gateway {case}"], report[f"article V3, gateway {case}"]
         report[f"p99 ratio V3/batchobs, gateway {case}"] = round(v3["p99_ms"] / ours["p99_ms"], 1)

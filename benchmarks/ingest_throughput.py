@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,7 @@ def main() -> None:
         }
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     save("ingest_throughput", report)
 
 

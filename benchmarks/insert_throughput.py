@@ -16,6 +16,7 @@ Usage: python benchmarks/insert_throughput.py [--events 300000] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,6 +131,7 @@ def main() -> None:
         assert arrived == n, f"{arrived} of {n} rows arrived"
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     report = {name: {"seconds": round(s, 3), "rows_per_s": round(n / s)} for name, s in results.items()}
     for fmt in ("JSONEachRow", "Arrow"):

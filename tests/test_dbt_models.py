@@ -140,3 +140,24 @@ def test_source_declares_the_contract() -> None:
     declared = {c["name"]: c["data_type"] for c in events["columns"]}
     assert declared == {**COLUMNS, "ingested_at": "DateTime64(3, 'UTC')"}
     assert list(declared)[: len(COLUMNS)] == list(COLUMNS)
+
+
+def test_batchobs_dbt_connects_from_the_warehouse_url(database: ClickHouseSettings, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """`batchobs dbt debug` reaches the warehouse named by BATCHOBS_CLICKHOUSE_URL (profile
+    from the environment), and dbt's output never shows the password."""
+    from warehouse import cli
+
+    monkeypatch.setenv("BATCHOBS_HOME", str(tmp_path))
+    monkeypatch.setenv("DBT_USE_COLORS", "false")
+    monkeypatch.setenv("BATCHOBS_CLICKHOUSE_URL",
+                       f"http://{database.username}:{database.password}@{database.host}:{database.port}/"
+                       f"{database.database}")
+    assert cli.main(["dbt", "debug"]) == 0
+    out = capfd.readouterr().out
+    assert "Connection test: [OK connection ok]" in out and f"schema: {database.database}" in out
+    if database.password:
+        assert database.password not in out
+    monkeypatch.setenv("BATCHOBS_CLICKHOUSE_URL", "http://127.0.0.1:1/nowhere")
+    assert cli.main(["dbt", "debug"]) != 0

@@ -5,7 +5,9 @@ Each question is written once, against four relation names (``task_tries``,
 common table expressions: to the dbt models when they have been built, or to
 aggregates over ``events FINAL`` when they have not.  The raw definitions follow
 the dbt models' rules (dbt/models) for the columns the questions use; a test asks
-every question of both sources and expects the same rows.
+every question of both sources and expects the same rows.  Kinds are filtered in
+PREWHERE, before FINAL, as in the staging models: every copy of an event has the kind
+its id names.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ task_tries AS (
         min(logical_date) AS logical_date,
         min(emitted_at) AS first_emitted_at
     FROM events FINAL
-    WHERE kind IN ('task_instance', 'task_reconciled')
+    PREWHERE kind IN ('task_instance', 'task_reconciled')
     GROUP BY dag_id, run_id, task_id, map_index, try_number
 ),
 task_runs AS (
@@ -88,7 +90,7 @@ dag_runs AS (
             max(duration_s) AS duration_s,
             min(emitted_at) AS first_emitted_at
         FROM events FINAL
-        WHERE kind = 'dag_run'
+        PREWHERE kind = 'dag_run'
         GROUP BY dag_id, run_id
     ) AS runs ON runs.dag_id = keys.dag_id AND runs.run_id = keys.run_id
     LEFT JOIN (
@@ -108,6 +110,6 @@ task_metrics AS (
     SELECT dag_id, run_id, task_id, map_index, try_number, metric_name, metric_value, metric_unit,
            attrs AS metric_attrs, emitted_at
     FROM events FINAL
-    WHERE kind = 'task_metric'
+    PREWHERE kind = 'task_metric'
 )
 """

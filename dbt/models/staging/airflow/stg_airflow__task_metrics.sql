@@ -1,7 +1,9 @@
 -- One row per custom metric recorded by task code (listener.record_metric).
 with source as (
     select * from {{ source('airflow', 'events') }} final
-    where kind = 'task_metric'
+    -- prewhere: every copy of an event has the kind its id names (the id is in the
+    -- sorting key), so filtering before FINAL keeps the same rows and reads far fewer
+    prewhere kind = 'task_metric'
 ),
 
 renamed as (
