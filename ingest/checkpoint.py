@@ -1,9 +1,11 @@
 """Read positions, advanced only after ClickHouse acknowledged the insert.
 
 Before a batch is inserted its ranges are written down as *pending* (an intent
-record).  After a crash the pending batch is replayed with exactly the same ranges,
+record).  After a crash each pending batch is replayed with exactly the same ranges,
 so it carries the same ``insert_deduplication_token`` and ClickHouse drops it if the
-first attempt had landed.  The file is replaced atomically (write, fsync, rename).
+first attempt had landed.  Several batches may be pending (inserts in flight); they
+are committed in the order they began, so a read position never passes a range that
+has not landed.  The file is replaced atomically (write, fsync, rename).
 """
 
 from __future__ import annotations
@@ -28,22 +30,23 @@ class Checkpoint:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offsets: dict[str, int] = {}
-        self.pending: list[Range] = []
+        self.pending: list[list[Range]] = []  # batches in flight, oldest first
         try:
             state = json.loads(path.read_text())
         except FileNotFoundError:
             return
         self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
-        self.pending = [Range(*r) for r in state.get("pending", [])]
+        self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
 
     def begin(self, ranges: list[Range]) -> None:
-        self.pending = list(ranges)
+        """Write down a batch about to be inserted."""
+        self.pending.append(list(ranges))
         self._save()
 
     def commit(self) -> None:
-        for r in self.pending:
+        """The oldest pending batch landed: advance the read positions past it."""
+        for r in self.pending.pop(0):
             self.offsets[r.name] = max(self.offsets.get(r.name, 0), r.end)
-        self.pending = []
         self._save()
 
     def forget(self, names: list[str]) -> None:
@@ -54,7 +57,8 @@ class Checkpoint:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        state = {"offsets": self.offsets, "pending": [[r.name, r.start, r.end, r.flag] for r in self.pending]}
+        pending = [[[r.name, r.start, r.end, r.flag] for r in batch] for batch in self.pending]
+        state = {"offsets": self.offsets, "pending": pending}
         with open(tmp, "w") as handle:
             json.dump(state, handle)
             handle.flush()

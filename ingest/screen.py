@@ -50,7 +50,7 @@ def _json_type(ch_type: str) -> Any:
 
 _Row = msgspec.defstruct(
     "_Row", [(name, _json_type(ch_type), msgspec.field(default=None)) for name, ch_type in COLUMNS.items()],
-    forbid_unknown_fields=True,
+    forbid_unknown_fields=True, gc=False,  # rows hold scalars and a dict of strings: no cycles
 )
 _DECODER = msgspec.json.Decoder(_Row)
 
@@ -77,18 +77,35 @@ class DeadLetter:
 
 
 def looks_clean(data: bytes, max_line: int) -> bool:
-    """True if ClickHouse may take ``data`` as it is: no line can be refused for its bytes
-    alone, and every line decodes as the contract's JSON types."""
-    if any(marker in data for marker in (b"\r", b"\x00", BOM, b"\n\n")) or data.startswith(b"\n"):
+    """True if ClickHouse may take ``data`` (complete lines) as it is: no line can be
+    refused for its bytes alone, and every line decodes as the contract's JSON types.
+
+    CR and NUL are searched for (ClickHouse would read them as whitespace); a BOM at
+    the start of a line, an empty line or two objects on one line fail the decoder.
+    """
+    if not data.endswith(b"\n") or b"\r" in data or b"\x00" in data or not _lines_within(data, max_line):
         return False
     try:
         data.decode("utf-8")
         for line in data.split(b"\n")[:-1]:
-            if len(line) > max_line:
-                return False
             _DECODER.decode(line)
     except (UnicodeDecodeError, msgspec.DecodeError):  # ValidationError is a DecodeError
         return False
+    return True
+
+
+def _lines_within(data: bytes, max_line: int) -> bool:
+    """No line of ``data`` is longer than ``max_line`` bytes (without its newline).
+
+    Each step jumps to the last newline within reach of a line start: a few steps per
+    chunk, however many lines it holds.
+    """
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + max_line + 1)
+        if end < 0:
+            return False
+        start = end + 1
     return True
 
 

@@ -1,10 +1,10 @@
 """``batchobs ingest``: tail the spool, batch, insert, checkpoint; repeat.
 
-One batch at a time: read complete lines up to the row / byte limits (or until the
+Batch by batch: read complete lines up to the row / byte limits (or until the
 oldest line has waited ``max_latency_s``), write the intent, insert, commit the
 read positions, then remove or archive spool files that are finished and fully
-read.  Nothing is read while an insert is being retried, so memory is bounded by
-one batch whatever the backlog.
+read.  Nothing more is read while the inserts in flight are being retried, so memory
+is bounded by a few batches whatever the backlog.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,13 @@ class IngestConfig:
     max_line_bytes: int = 1 << 20
     retention: str = "delete"  # delete | archive | keep
     poll_s: float = 0.05
+    inserts_in_flight: int = 2  # batches inserted at once (each is one server insert)
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_bytes < 1024 or self.max_line_bytes < 1024:
             raise ValueError("max_rows must be >= 1, max_bytes and max_line_bytes >= 1024")
+        if self.inserts_in_flight < 1:
+            raise ValueError(f"inserts_in_flight must be >= 1, got {self.inserts_in_flight}")
         if self.max_latency_s <= 0:
             raise ValueError(f"max_latency_s must be positive, got {self.max_latency_s}")
         if self.retention not in ("delete", "archive", "keep"):
@@ -76,6 +80,7 @@ class Ingester:
         )
         self.attach(client)
         self.checkpoint = Checkpoint(config.state_dir / "checkpoint.json")
+        self._lag_at = 0.0
 
     def attach(self, client: Any) -> None:
         """Use ``client`` (clickhouse-connect) for inserts from now on."""
@@ -85,35 +90,53 @@ class Ingester:
     def run(self, once: bool = False, progress: Any = None) -> None:
         """Ingest until stopped (or, with ``once``, until the spool is drained).
 
-        Two stages overlap: while one batch is being inserted (the work is the
-        server's; this process only waits on a socket), the next is read and
-        screened.  Batches still land and commit one at a time, in order.
+        The stages overlap: while up to ``inserts_in_flight`` batches are being
+        inserted (the work is the server's; this process only waits on sockets), the
+        next is read and screened.  Batches commit one at a time, in the order they
+        were read, so a read position never passes a batch that has not landed.
         """
-        if self.checkpoint.pending:
-            self.log.info("replaying the batch that was in flight", ranges=len(self.checkpoint.pending))
-            self._deliver(self._prepare(self._reread(self.checkpoint.pending)), replay=True)
-        lag_at = 0.0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchobs-insert") as inserter:
-            batch = self._prepare(self._collect(once, {}))
-            while batch.chunks and not self.stop.is_set():
-                landing = inserter.submit(self._deliver, batch)
-                ahead = {r.name: r.end for r in batch.ranges}
-                upcoming = self._prepare(self._collect(once, ahead))
-                if not landing.result():
-                    break  # stopped while the warehouse was away: the batch stays pending
-                if progress is not None:
-                    progress(sum(c.end - c.start for c in batch.chunks))
-                if time.monotonic() - lag_at >= 1.0:
-                    self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
-                    lag_at = time.monotonic()
-                self._retire()
-                batch = upcoming
-                while not batch.chunks and not once and not self.stop.is_set():
+        for ranges in list(self.checkpoint.pending):
+            self.log.info("replaying a batch that was in flight", ranges=len(ranges))
+            replay = self._prepare(self._reread(ranges))
+            if replay.chunks and not self._land(replay):
+                return
+            self._committed(ranges, progress=None)
+        in_flight: deque[tuple[Batch, Future[bool]]] = deque()
+        with ThreadPoolExecutor(max_workers=self.config.inserts_in_flight,
+                                thread_name_prefix="batchobs-insert") as inserter:
+            while not self.stop.is_set():
+                ahead: dict[str, int] = {}
+                for landing_batch, _ in in_flight:
+                    for r in landing_batch.ranges:
+                        ahead[r.name] = max(ahead.get(r.name, 0), r.end)
+                batch = self._prepare(self._collect(once, ahead))
+                if batch.chunks:
+                    self.checkpoint.begin(batch.ranges)
+                    in_flight.append((batch, inserter.submit(self._land, batch)))
+                # Commit what has landed, oldest first; wait for the oldest when the
+                # window is full, or when nothing new came (drain before idling).
+                while in_flight and (len(in_flight) >= self.config.inserts_in_flight
+                                     or not batch.chunks or in_flight[0][1].done()):
+                    oldest, landing = in_flight.popleft()
+                    if not landing.result():
+                        return  # stopped while the warehouse was away: the rest stays pending
+                    self._committed(oldest.ranges, progress)
+                if not batch.chunks and not in_flight:
+                    if once:
+                        break
                     self.stop.wait(self.config.poll_s)
-                    batch = self._prepare(self._collect(once, {}))
-                    self._retire()
         self._retire()
         self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
+
+    def _committed(self, ranges: list[Range], progress: Any) -> None:
+        """The oldest pending batch landed: commit its read positions, tidy up."""
+        self.checkpoint.commit()
+        if progress is not None:
+            progress(sum(r.end - r.start for r in ranges))
+        if time.monotonic() - self._lag_at >= 1.0:
+            self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
+            self._lag_at = time.monotonic()
+        self._retire()
 
     def _collect(self, once: bool, ahead: dict[str, int]) -> list[Chunk]:
         """Chunks for one batch: up to the limits, or what arrived within max_latency_s.
@@ -180,10 +203,8 @@ class Ingester:
         return Batch(chunks, ranges, token_for([(r.name, r.start, r.end) for r in ranges]), fast,
                      sum(c.lines for c in chunks))
 
-    def _deliver(self, batch: Batch, replay: bool = False) -> bool:
-        """Land one batch and commit its read positions; False if stopped before it landed."""
-        if not replay:
-            self.checkpoint.begin(batch.ranges)
+    def _land(self, batch: Batch) -> bool:
+        """Insert one batch (its dead letters too); False if stopped before it landed."""
         self.metrics.events_read.inc(batch.lines)
         started = time.perf_counter()
         dead: list[DeadLetter] = []
@@ -201,7 +222,6 @@ class Ingester:
             self.log.warning("stopped with a batch pending; it is replayed on the next start")
             return False
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
-        self.checkpoint.commit()
         self.metrics.batches.inc()
         self.metrics.events_inserted.inc(inserted)
         self.metrics.dead_letters.inc(len(dead))

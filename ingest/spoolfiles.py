@@ -96,16 +96,22 @@ class Chunk:
 
     def first_lines(self, n: int) -> Chunk:
         """The chunk cut after its first ``n`` lines (itself if it has no more)."""
-        if self.truncated_tail or self.oversize:
+        if self.truncated_tail or self.oversize or self.lines <= n:
             return self
-        cut = -1
-        for _ in range(n):
-            cut = self.data.find(b"\n", cut + 1)
-            if cut < 0:
-                return self
-        if cut + 1 == len(self.data):
-            return self
-        return Chunk(self.file, self.start, self.start + cut + 1, self.data[: cut + 1])
+        data = self.data
+        # Guess where line n ends from the mean line length, count the newlines before
+        # the guess (a C scan), then step the few lines to the exact cut.
+        guess = max(1, n * len(data) // self.lines)
+        seen = data.count(b"\n", 0, guess)
+        if seen >= n:
+            cut = data.rfind(b"\n", 0, guess)
+            for _ in range(seen - n):
+                cut = data.rfind(b"\n", 0, cut)
+        else:
+            cut = guess - 1
+            for _ in range(n - seen):
+                cut = data.find(b"\n", cut + 1)
+        return Chunk(self.file, self.start, self.start + cut + 1, data[: cut + 1])
 
 
 def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool) -> Chunk | None:

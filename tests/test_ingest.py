@@ -13,12 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.service import IngestConfig, Ingester
-from listener.contract import encode
+from listener.contract import encode, replace
 from warehouse.connection import ClickHouseSettings
 from warehouse.synthetic import history
 
 GOOD = [json.loads(encode(e)) for e in history(2)]
 TASK = next(e for e in GOOD if e["kind"] == "task_instance" and e["duration_s"])
+
+
+def history_event() -> Any:
+    return next(iter(history(1)))
 
 
 def ingest_once(db: ClickHouseSettings, spool: Path, state: Path, **kwargs: Any) -> Ingester:
@@ -103,6 +107,35 @@ def test_only_lf_ends_a_line() -> None:
     assert [(10, b"a\rb\n"), (14, b"c")] == [(ln.position, ln.raw) for ln in lines_of("f", 10, b"a\rb\nc")]
 
 
+def test_screen_sends_only_what_the_contract_would_take() -> None:
+    """The fast path's screen: clean lines pass; each kind of bad byte or shape does not."""
+    from ingest.screen import BOM, looks_clean
+
+    good = [encode(e) for e in history(1)]
+    clean = b"".join(good)
+    assert looks_clean(clean, 4096)
+    in_a_string = encode(replace(history_event(), error_message="\ufeffwith a BOM inside"))
+    assert looks_clean(clean + in_a_string, 4096)  # a BOM inside a string is just a character
+    longest = max(len(g) - 1 for g in good)
+    assert looks_clean(clean, longest) and not looks_clean(clean, longest - 1)
+    task = next(g for g in good if b'"try_number":1,' in g)
+    for bad in (task[:-1] + b"\r\n", BOM + task, b"\n", task[:-1] + task,
+                task.replace(b'"dag_id":"', b'"dag_id":"\x00'), task.replace(b'"dag_id":"', b'"dag_id":"\xff'),
+                task.replace(b'"try_number":1,', b'"try_number":"1",')):
+        assert bad != task and not looks_clean(clean + bad + clean, 4096), bad
+    assert not looks_clean(clean + task[:-1], 4096)  # no newline at the end
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 19, 20, 21, 50])
+def test_a_chunk_is_cut_after_exactly_n_lines(n: int) -> None:
+    from ingest.spoolfiles import Chunk, SpoolFile
+
+    lines = [b"x" * (1 + (i * 37) % 300) + b"\n" for i in range(20)]  # uneven lengths
+    chunk = Chunk(SpoolFile(Path("f"), "w", 0, 1, "h"), 100, 100 + len(b"".join(lines)), b"".join(lines))
+    cut = chunk.first_lines(n)
+    assert cut.data == b"".join(lines[:n]) and cut.end == 100 + len(cut.data) and cut.lines == min(n, 20)
+
+
 class TestBatches:
     def test_clean_batch_lands_and_spool_file_is_retired(self, database: ClickHouseSettings, tmp_path: Path) -> None:
         """Good events land once; a finished, fully read spool file is deleted."""
@@ -112,19 +145,26 @@ class TestBatches:
         assert [] == list((tmp_path / "spool").glob("*.jsonl"))
         assert ingester.metrics.batches._value.get() >= 7  # 353 rows in batches of 50
 
-    def test_replay_of_a_pending_batch_adds_nothing(self, database: ClickHouseSettings, tmp_path: Path) -> None:
-        """A batch inserted but not committed (crash) is replayed with its token: no duplicate rows."""
-        write_lines(tmp_path / "spool", [encode(e) for e in history(5)])
-        first = ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep")
+    def test_replay_of_pending_batches_adds_nothing(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """Batches inserted but not committed (a crash with two in flight) are replayed with
+        their tokens, in order: no duplicate rows, and reading goes on after them."""
+        lines = [encode(e) for e in history(5)]
+        write_lines(tmp_path / "spool", lines)
+        first = ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep", max_rows=20)
         checkpoint = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
-        name, end = next(iter(checkpoint["offsets"].items()))
-        # as if the process died after the insert and before the commit
-        pending = {"offsets": {}, "pending": [[name, 0, end, ""]]}
+        assert checkpoint["pending"] == []
+        name = next(iter(checkpoint["offsets"]))
+        at_20, at_40 = len(b"".join(lines[:20])), len(b"".join(lines[:40]))
+        # as if the process died after both inserts and before either commit
+        pending = {"offsets": {}, "pending": [[[name, 0, at_20, ""]], [[name, at_20, at_40, ""]]]}
         (tmp_path / "state" / "checkpoint.json").write_text(json.dumps(pending))
-        ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep")
-        n = len(list(history(5)))
+        again = ingest_once(database, tmp_path / "spool", tmp_path / "state", retention="keep", max_rows=20)
+        n = len(lines)
         assert (n, n) == database.client().query("SELECT count(), uniqExact(event_id) FROM events").result_rows[0]
         assert first.metrics.events_inserted._value.get() == n
+        assert again.metrics.events_read._value.get() == n  # the two replayed, then the rest again
+        state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
+        assert state == {"offsets": {name: len(b"".join(lines))}, "pending": []}
 
     def test_truncated_tail_and_oversized_line(self, database: ClickHouseSettings, tmp_path: Path) -> None:
         """A dead writer's half line and a line over the limit are dead letters; the rest lands."""

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-bytes", type=int, default=8 << 20)
     ingest.add_argument("--max-latency", type=float, default=1.0, help="seconds a line may wait for its batch")
     ingest.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    ingest.add_argument("--inserts-in-flight", type=int, default=2,
+                        help="batches being inserted at once (committed in order)")
     ingest.add_argument("--retention", choices=("delete", "archive", "keep"), default="delete",
                         help="what to do with fully ingested spool files")
     ingest.add_argument("--metrics-port", type=int, default=None,
@@ -179,6 +181,7 @@ def _ingest(args: argparse.Namespace) -> int:
         spool_dir=args.spool_dir or Path(os.environ.get("BATCHOBS_SPOOL_DIR") or home / "spool"),
         state_dir=args.state_dir or home / "ingest", max_rows=args.batch_rows, max_bytes=args.batch_bytes,
         max_latency_s=args.max_latency, max_line_bytes=args.max_line_bytes, retention=args.retention,
+        inserts_in_flight=args.inserts_in_flight,
     )
     settings = resolve()
     ingester = Ingester(config, client=None)
