@@ -86,9 +86,8 @@ def looks_clean(data: bytes, max_line: int) -> bool:
     if not data.endswith(b"\n") or b"\r" in data or b"\x00" in data or not _lines_within(data, max_line):
         return False
     try:
-        data.decode("utf-8")
         for line in data.split(b"\n")[:-1]:
-            _DECODER.decode(line)
+            _DECODER.decode(line)  # also refuses invalid UTF-8 (UnicodeDecodeError)
     except (UnicodeDecodeError, msgspec.DecodeError):  # ValidationError is a DecodeError
         return False
     return True

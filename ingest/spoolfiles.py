@@ -99,10 +99,10 @@ class Chunk:
         if self.truncated_tail or self.oversize or self.lines <= n:
             return self
         data = self.data
-        # Guess where line n ends from the mean line length, count the newlines before
-        # the guess (a C scan), then step the few lines to the exact cut.
+        # Guess where line n ends from the mean line length, count the newlines after
+        # the guess (a C scan of the part cut off), then step the few lines to the cut.
         guess = max(1, n * len(data) // self.lines)
-        seen = data.count(b"\n", 0, guess)
+        seen = self.lines - data.count(b"\n", guess)  # newlines before the guess
         if seen >= n:
             cut = data.rfind(b"\n", 0, guess)
             for _ in range(seen - n):
@@ -111,7 +111,9 @@ class Chunk:
             cut = guess - 1
             for _ in range(n - seen):
                 cut = data.find(b"\n", cut + 1)
-        return Chunk(self.file, self.start, self.start + cut + 1, data[: cut + 1])
+        head = Chunk(self.file, self.start, self.start + cut + 1, data[: cut + 1])
+        head.__dict__["lines"] = n  # known: no need to count megabytes again
+        return head
 
 
 def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool) -> Chunk | None:
