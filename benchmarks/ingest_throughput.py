@@ -7,6 +7,7 @@
 2. Freshness: events written at a steady 1k/s while ``batchobs ingest`` runs;
    a poller sees each event become queryable: freshness = seen - emitted_at.
 3. Memory: the ingester's peak RSS (VmHWM) in run 1; the engine is another process.
+4. Where the time goes: CPU seconds of the server and of the ingester in run 1.
 
 Usage: python benchmarks/ingest_throughput.py [--events 300000] [--fresh-seconds 30]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,6 +56,17 @@ def peak_rss_mb(pid: int) -> float:
         if row.startswith("VmHWM:"):
             return int(row.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[float, float]:
@@ -97,15 +110,19 @@ def main() -> None:
             for f in sorted(spool.glob("*.jsonl")):
                 out.write(f.read_bytes())
         fresh_table(client, ddl)
+        server_cpu = cpu_s(server.pid)
         started = time.perf_counter()
         structure = ", ".join(f"{name} {ch_type}" for name, ch_type in COLUMNS.items())
         client.command(f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT * FROM file('{together}', JSONEachRow, "
                        f"'{structure.replace(chr(39), chr(92) + chr(39))}')", settings=EVENT_SETTINGS)
         native = time.perf_counter() - started
+        native_server_cpu = cpu_s(server.pid) - server_cpu
         assert client.command("SELECT count() FROM events") == args.events
         fresh_table(client, ddl)
+        server_cpu, ingester_cpu = cpu_s(server.pid), children_cpu_s()
         seconds, peak = run_ingester(settings, tmp / "home", "--once", "--retention", "keep",
                                      "--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes))
+        server_cpu, ingester_cpu = cpu_s(server.pid) - server_cpu, children_cpu_s() - ingester_cpu
         assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
         report["throughput"] = {
             "events": args.events, "spool_mb": round(size / 1e6, 1), "batch_rows": args.batch_rows,
@@ -114,6 +131,9 @@ def main() -> None:
             "ingester_s": round(seconds, 2), "ingester_events_per_s": round(args.events / seconds),
             "ratio_ingester_to_native": round(native / seconds, 2),
             "ingester_peak_rss_mb": round(peak, 1),
+            # where the time goes: CPU seconds of each process (the server's include merges)
+            "cpu_s": {"native.server": round(native_server_cpu, 2), "ingest.server": round(server_cpu, 2),
+                      "ingest.ingester": round(ingester_cpu, 2)},
         }
         print(json.dumps(report, indent=2), flush=True)
 
