@@ -124,6 +124,7 @@ class Ingester:
                 if not batch.chunks and not in_flight:
                     if once:
                         break
+                    self._retire()  # a writer may have finished a file that was read to its end
                     self.stop.wait(self.config.poll_s)
         self._retire()
         self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)

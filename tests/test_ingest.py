@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,17 @@ spool = Spool(Path(sys.argv[1]), socket.gethostname())
 for line in data.split(b"\\0SEP\\0"):
     spool.append(line)
 spool.close()
+"""
+
+
+LIVE_WRITER = """
+import socket, sys
+from pathlib import Path
+from listener.spool import Spool
+spool = Spool(Path(sys.argv[1]), socket.gethostname())
+for line in Path(sys.argv[2]).read_bytes().splitlines(keepends=True):
+    spool.append(line)
+sys.stdin.read()
 """
 
 
@@ -165,6 +178,37 @@ class TestBatches:
         assert again.metrics.events_read._value.get() == n  # the two replayed, then the rest again
         state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
         assert state == {"offsets": {name: len(b"".join(lines))}, "pending": []}
+
+    def test_a_file_finished_while_idle_is_retired(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """The ingester has read a live writer's file to its end and is idle; when the writer
+        exits, the file is finished and is removed without any new batch."""
+        spool = tmp_path / "spool"
+        lines = tmp_path / "lines.jsonl"
+        lines.write_bytes(b"".join(encode(e) for e in history(1)))
+        writer = subprocess.Popen(  # appends the lines, then stays alive until its stdin closes
+            [sys.executable, "-c", LIVE_WRITER, str(spool), str(lines)], stdin=subprocess.PIPE,
+            cwd=Path(__file__).parents[1])
+        assert writer.stdin is not None
+        config = IngestConfig(spool_dir=spool, state_dir=tmp_path / "state", max_latency_s=0.1)
+        ingester = Ingester(config, database.client(autogenerate_session_id=False))
+        runner = threading.Thread(target=ingester.run)
+        runner.start()
+        try:
+            n = len(list(history(1)))
+            deadline = time.monotonic() + 30
+            while database.client().command("SELECT count() FROM events") < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert database.client().command("SELECT count() FROM events") == n
+            assert len(list(spool.glob("*.jsonl"))) == 1  # its writer is alive: not finished
+            writer.stdin.close()
+            writer.wait(10)
+            while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [] == list(spool.glob("*.jsonl"))
+        finally:
+            ingester.stop.set()
+            runner.join(10)
+            writer.kill()
 
     def test_truncated_tail_and_oversized_line(self, database: ClickHouseSettings, tmp_path: Path) -> None:
         """A dead writer's half line and a line over the limit are dead letters; the rest lands."""
