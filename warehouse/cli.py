@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         for param in question.params:
             default = "" if param.default in (None, "") else f" (default {param.default})"
             ask.add_argument("--" + param.name.replace("_", "-"), dest=param.name, help=param.help + default,
-                             required=param.default is None and param.name not in ("since", "until"))
+                             required=param.required)
         ask.add_argument("--format", choices=("table", "json", "csv"), default="table")
         ask.add_argument("--source", choices=("auto", "marts", "events"), default="auto",
                          help="auto: the dbt marts when built, else raw events")

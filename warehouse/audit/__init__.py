@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
 from .questions import QUESTIONS, Param, Question
-from .sources import EVENTS, MARTS
+from .sources import EVENTS, MARTS, MODELS
 
 __all__ = ["QUESTIONS", "Answer", "AuditError", "Param", "Question", "ask", "marts_built", "render"]
 
@@ -37,11 +37,10 @@ class Answer:
 def marts_built(client: Any, marts: str) -> bool:
     """Whether dbt has built the models the audit reads, in database ``marts``."""
     found = client.query(
-        "SELECT count() FROM system.tables WHERE database = {db:String} "
-        "AND name IN ('int_task_tries', 'fct_task_runs', 'fct_dag_runs', 'stg_airflow__task_metrics')",
-        parameters={"db": marts},
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND has({models:Array(String)}, name)",
+        parameters={"db": marts, "models": list(MODELS.values())},
     ).result_rows[0][0]
-    return int(found) == 4
+    return int(found) == len(MODELS)
 
 
 def ask(client: Any, name: str, params: Mapping[str, Any], marts: str, source: str = "auto",
@@ -73,7 +72,7 @@ def _bind(question: Question, given: Mapping[str, Any], now: datetime) -> dict[s
         value = given.get(param.name)
         if value is None:
             value = param.default
-        if value is None and param.name not in ("since", "until"):
+        if value is None and param.required:
             raise AuditError(f"{question.name}: --{param.name.replace('_', '-')} is required ({param.help})")
         bound[param.name] = value if value is None else _coerce(param, value)
     if "until" in names:

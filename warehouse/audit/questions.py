@@ -19,6 +19,10 @@ class Param:
     help: str
     default: object = None  # None: required, unless a window bound (filled in by the caller)
 
+    @property
+    def required(self) -> bool:
+        return self.default is None and self.name not in ("since", "until")
+
 
 @dataclass(frozen=True)
 class Question:

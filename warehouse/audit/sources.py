@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EVENTS", "MARTS", "RELATIONS"]
+__all__ = ["EVENTS", "MARTS", "MODELS", "RELATIONS"]
 
-RELATIONS: Final = ("task_tries", "task_runs", "dag_runs", "task_metrics")
+# Each relation the questions read, and the dbt model that holds it.
+MODELS: Final = {
+    "task_tries": "int_task_tries",
+    "task_runs": "fct_task_runs",
+    "dag_runs": "fct_dag_runs",
+    "task_metrics": "stg_airflow__task_metrics",
+}
+RELATIONS: Final = tuple(MODELS)
 
-# The models, in the database named by the query parameter ``marts``.
-MARTS: Final = """
-task_tries AS (SELECT * FROM {marts:Identifier}.int_task_tries),
-task_runs AS (SELECT * FROM {marts:Identifier}.fct_task_runs),
-dag_runs AS (SELECT * FROM {marts:Identifier}.fct_dag_runs),
-task_metrics AS (SELECT * FROM {marts:Identifier}.stg_airflow__task_metrics)
-"""
+# The models, in the database named by the query parameter ``marts`` (the names above
+# are fixed here; nothing a user types reaches this text).
+MARTS: Final = ",\n".join(f"{relation} AS (SELECT * FROM {{marts:Identifier}}.{model})"  # noqa: S608
+                          for relation, model in MODELS.items())
 
 # The same relations from the events table of the connected database.
 EVENTS: Final = """
