@@ -265,7 +265,7 @@ def from_dict(raw: Mapping[str, Any]) -> Event:
 
 
 def _validate(e: Event) -> None:
-    if e.kind not in KINDS:
+    if not isinstance(e.kind, str) or e.kind not in KINDS:  # an unhashable kind must not raise TypeError
         raise ContractError("kind", f"unknown kind {e.kind!r}; expected one of {sorted(KINDS)}")
     if e.schema_version != SCHEMA_VERSION:
         raise ContractError("schema_version", f"expected {SCHEMA_VERSION}, got {e.schema_version!r}")

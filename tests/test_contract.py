@@ -79,6 +79,7 @@ class TestValidation:
         ("change", "field"),
         [
             ({"kind": "task"}, "kind"),
+            ({"kind": []}, "kind"),  # found by the ingester's fuzz test: was a TypeError
             ({"state": "queued"}, "state"),
             ({"run_id": ""}, "run_id"),
             ({"try_number": 0}, "try_number"),
