@@ -8,6 +8,8 @@
    a poller sees each event become queryable: freshness = seen - emitted_at.
 3. Memory: the ingester's peak RSS (VmHWM) in run 1; the engine is another process.
 4. Where the time goes: CPU seconds of the server and of the ingester in run 1.
+5. The engine's ceiling at the batch size: the same bodies cut in advance and posted
+   ``--inserts-in-flight`` at a time by a client that does nothing else.
 
 Usage: python benchmarks/ingest_throughput.py [--events 300000] [--fresh-seconds 30]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import resource
 import shutil
 import statistics
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,12 +88,35 @@ def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[
     return time.perf_counter() - started, peak
 
 
+def engine_ceiling(settings: ClickHouseSettings, data: bytes, batch_rows: int, in_flight: int) -> float:
+    """Seconds to insert ``data`` in ``batch_rows``-line bodies, ``in_flight`` at a time,
+    from bodies cut in advance: what the engine takes when the client costs nothing."""
+    lines = data.splitlines(keepends=True)
+    bodies = [b"".join(lines[i : i + batch_rows]) for i in range(0, len(lines), batch_rows)]
+    del lines
+    clients = queue.SimpleQueue()
+    for _ in range(in_flight):
+        clients.put(settings.client(autogenerate_session_id=False, compress=False))
+
+    def post(numbered: tuple[int, bytes]) -> None:
+        client = clients.get()
+        client.raw_insert("events", insert_block=numbered[1], fmt="JSONEachRow",
+                          settings={**EVENT_SETTINGS, "insert_deduplication_token": f"ceiling-{numbered[0]}"})
+        clients.put(client)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(post, enumerate(bodies)))
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--fresh-seconds", type=float, default=30)
     parser.add_argument("--batch-rows", type=int, default=10_000)
     parser.add_argument("--batch-bytes", type=int, default=8 << 20)
+    parser.add_argument("--inserts-in-flight", type=int, default=2)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     server = embedded.start(tmp / "warehouse")
@@ -121,15 +148,23 @@ def main() -> None:
         fresh_table(client, ddl)
         server_cpu, ingester_cpu = cpu_s(server.pid), children_cpu_s()
         seconds, peak = run_ingester(settings, tmp / "home", "--once", "--retention", "keep",
-                                     "--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes))
+                                     "--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes),
+                                     "--inserts-in-flight", str(args.inserts_in_flight))
         server_cpu, ingester_cpu = cpu_s(server.pid) - server_cpu, children_cpu_s() - ingester_cpu
         assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
+        fresh_table(client, ddl)
+        ceiling = engine_ceiling(settings, together.read_bytes(), args.batch_rows, args.inserts_in_flight)
+        assert client.command("SELECT count() FROM events") == args.events
         report["throughput"] = {
             "events": args.events, "spool_mb": round(size / 1e6, 1), "batch_rows": args.batch_rows,
             "batch_bytes": args.batch_bytes,
             "clickhouse_file_s": round(native, 2), "clickhouse_file_events_per_s": round(args.events / native),
             "ingester_s": round(seconds, 2), "ingester_events_per_s": round(args.events / seconds),
             "ratio_ingester_to_native": round(native / seconds, 2),
+            # the engine's own limit at this batch size: the same bodies, cut in advance and
+            # posted as many at once, by a client that does nothing else
+            "engine_ceiling_events_per_s": round(args.events / ceiling),
+            "ratio_ingester_to_ceiling": round(ceiling / seconds, 2),
             "ingester_peak_rss_mb": round(peak, 1),
             # where the time goes: CPU seconds of each process (the server's include merges)
             "cpu_s": {"native.server": round(native_server_cpu, 2), "ingest.server": round(server_cpu, 2),

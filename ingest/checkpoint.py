@@ -38,15 +38,15 @@ class Checkpoint:
         self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
         self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
 
-    def begin(self, ranges: list[Range]) -> None:
-        """Write down a batch about to be inserted."""
-        self.pending.append(list(ranges))
-        self._save()
-
-    def commit(self) -> None:
-        """The oldest pending batch landed: advance the read positions past it."""
-        for r in self.pending.pop(0):
-            self.offsets[r.name] = max(self.offsets.get(r.name, 0), r.end)
+    def advance(self, landed: int, begun: list[Range] | None = None) -> None:
+        """Commit the ``landed`` oldest pending batches (advance the read positions past
+        them) and write down ``begun``, a batch about to be inserted: one save for both."""
+        for batch in self.pending[:landed]:
+            for r in batch:
+                self.offsets[r.name] = max(self.offsets.get(r.name, 0), r.end)
+        del self.pending[:landed]
+        if begun:
+            self.pending.append(list(begun))
         self._save()
 
     def forget(self, names: list[str]) -> None:

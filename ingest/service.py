@@ -92,15 +92,15 @@ class Ingester:
 
         The stages overlap: while up to ``inserts_in_flight`` batches are being
         inserted (the work is the server's; this process only waits on sockets), the
-        next is read and screened.  Batches commit one at a time, in the order they
-        were read, so a read position never passes a batch that has not landed.
+        next is read and screened.  Batches commit in the order they were read, so a
+        read position never passes a batch that has not landed.
         """
         for ranges in list(self.checkpoint.pending):
             self.log.info("replaying a batch that was in flight", ranges=len(ranges))
             replay = self._prepare(self._reread(ranges))
             if replay.chunks and not self._land(replay):
                 return
-            self._committed(ranges, progress=None)
+            self._advance([ranges], None, progress=None)
         in_flight: deque[tuple[Batch, Future[bool]]] = deque()
         with ThreadPoolExecutor(max_workers=self.config.inserts_in_flight,
                                 thread_name_prefix="batchobs-insert") as inserter:
@@ -110,17 +110,21 @@ class Ingester:
                     for r in landing_batch.ranges:
                         ahead[r.name] = max(ahead.get(r.name, 0), r.end)
                 batch = self._prepare(self._collect(once, ahead))
-                if batch.chunks:
-                    self.checkpoint.begin(batch.ranges)
-                    in_flight.append((batch, inserter.submit(self._land, batch)))
-                # Commit what has landed, oldest first; wait for the oldest when the
-                # window is full, or when nothing new came (drain before idling).
+                # Collect what has landed, oldest first; wait for the oldest when the
+                # window is full (the new batch needs its place), or when nothing new
+                # came (drain before idling).
+                landed: list[list[Range]] = []
                 while in_flight and (len(in_flight) >= self.config.inserts_in_flight
                                      or not batch.chunks or in_flight[0][1].done()):
                     oldest, landing = in_flight.popleft()
                     if not landing.result():
+                        self._advance(landed, None, progress)
                         return  # stopped while the warehouse was away: the rest stays pending
-                    self._committed(oldest.ranges, progress)
+                    landed.append(oldest.ranges)
+                # One checkpoint write commits what landed and records the new batch.
+                self._advance(landed, batch.ranges if batch.chunks else None, progress)
+                if batch.chunks:
+                    in_flight.append((batch, inserter.submit(self._land, batch)))
                 if not batch.chunks and not in_flight:
                     if once:
                         break
@@ -129,11 +133,16 @@ class Ingester:
         self._retire()
         self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
 
-    def _committed(self, ranges: list[Range], progress: Any) -> None:
-        """The oldest pending batch landed: commit its read positions, tidy up."""
-        self.checkpoint.commit()
+    def _advance(self, landed: list[list[Range]], begun: list[Range] | None, progress: Any) -> None:
+        """Commit the read positions of the batches that landed (oldest first) and write
+        down the batch about to be inserted, in one checkpoint write; tidy up."""
+        if not landed and not begun:
+            return
+        self.checkpoint.advance(len(landed), begun)
+        if not landed:
+            return
         if progress is not None:
-            progress(sum(r.end - r.start for r in ranges))
+            progress(sum(r.end - r.start for ranges in landed for r in ranges))
         if time.monotonic() - self._lag_at >= 1.0:
             self.metrics.refresh_lag(self.config.spool_dir, self.checkpoint.offsets)
             self._lag_at = time.monotonic()
@@ -199,7 +208,7 @@ class Ingester:
         """Name the batch and screen it (the CPU work, done while the previous one lands)."""
         ranges = [Range(c.file.name, c.start, c.end, "tail" if c.truncated_tail else "oversize" if c.oversize else "")
                   for c in chunks]
-        fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes)
+        fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes, c.lines)
                    for c in chunks)
         return Batch(chunks, ranges, token_for([(r.name, r.start, r.end) for r in ranges]), fast,
                      sum(c.lines for c in chunks))

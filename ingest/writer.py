@@ -29,6 +29,7 @@ __all__ = ["DataError", "Writer", "token_for"]
 DATA_ERROR_CODES = frozenset({
     6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 76, 117, 131, 158, 190, 344, 469, 471,
     8, 16,  # THERE_IS_NO_COLUMN, NO_SUCH_COLUMN_IN_TABLE (an unknown field)
+    25, 376,  # CANNOT_PARSE_ESCAPE_SEQUENCE, CANNOT_PARSE_UUID
 })
 DEAD_LETTER_COLUMNS = ["received_at", "source", "position", "reason", "raw", "raw_bytes"]
 # The contract is strict; ClickHouse's JSON reader is lenient by default (numbers read

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,10 @@ BAD_LINES = {
     "quoted number": line({**TASK, "try_number": "1"}),
     "overflowing number": line({**TASK, "try_number": 70000}),
     "nil event id": line({**TASK, "event_id": "00000000-0000-0000-0000-000000000000"}),
+    "malformed event id": line({**TASK, "event_id": "zzzzzzzz-b04d-5188-86f3-4ebe04fa419a"}),
+    "number for text": line({**TASK, "operator": 5}),
+    "object for text": line({**TASK, "queue": {"a": "b"}}),
+    "lone surrogate": line({**TASK, "error_message": "\udc00"}),  # json.dumps escapes it
     "missing emitted_at": line({k: v for k, v in TASK.items() if k != "emitted_at"}),
     "unknown field": line({**TASK, "surprise": 1}),
     "not json": b"{not json\n",
@@ -112,6 +117,23 @@ class TestContractInTheWarehouse:
         assert [len(good[0]) + len(good[1])] == list(dead)
         assert dead[len(good[0]) + len(good[1])]
 
+    def test_lines_the_screen_leaves_to_the_contract_land_as_the_contract_reads_them(
+            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """Good lines the screen leaves to ClickHouse or the contract (an escaped surrogate
+        pair, a null text field) land with the values the contract reads from them."""
+        emoji, plain = GOOD[1], GOOD[2]
+        lines = [json.dumps({**emoji, "error_message": "\U0001f600 boom"}).encode() + b"\n",  # "\ud83d\ude00"
+                 line({**plain, "operator": None})]
+        assert b"\\ud83d\\ude00" in lines[0]
+        write_lines(tmp_path / "spool", lines)
+        ingest_once(database, tmp_path / "spool", tmp_path / "state")
+        ids, dead = stored(database)
+        assert {emoji["event_id"], plain["event_id"]} == ids and not dead
+        got = dict(database.client().query("SELECT event_id, concat(error_message, '|', operator) FROM events FINAL"
+                                           ).result_rows)
+        assert "\U0001f600 boom|" + emoji["operator"] == got[uuid.UUID(emoji["event_id"])]
+        assert plain["error_message"] + "|" == got[uuid.UUID(plain["event_id"])]
+
 
 def test_only_lf_ends_a_line() -> None:
     """A CR inside a line does not split it (bytes.splitlines would)."""
@@ -134,8 +156,12 @@ def test_screen_sends_only_what_the_contract_would_take() -> None:
     task = next(g for g in good if b'"try_number":1,' in g)
     for bad in (task[:-1] + b"\r\n", BOM + task, b"\n", task[:-1] + task,
                 task.replace(b'"dag_id":"', b'"dag_id":"\x00'), task.replace(b'"dag_id":"', b'"dag_id":"\xff'),
-                task.replace(b'"try_number":1,', b'"try_number":"1",')):
+                task.replace(b'"try_number":1,', b'"try_number":"1",'),
+                task.replace(b'"dag_id":', b'\n"dag_id":'),  # one object over two lines
+                # two objects on one line, one over two: as many objects as lines
+                task[:-1] + task + task.replace(b'"dag_id":', b'\n"dag_id":')):
         assert bad != task and not looks_clean(clean + bad + clean, 4096), bad
+        assert not looks_clean(clean + bad + clean, 4096, (clean + bad + clean).count(b"\n")), bad
     assert not looks_clean(clean + task[:-1], 4096)  # no newline at the end
 
 
@@ -259,8 +285,8 @@ def test_fuzz_every_good_line_lands_every_bad_one_is_dead_lettered(
         raw = line(event) if use_good else bad
         try:
             valid = raw.endswith(b"\n") and b"\r" not in raw and b"\x00" not in raw and \
-                not raw.startswith(b"\xef\xbb\xbf") and decode(raw[:-1]) is not None
-        except (ContractError, UnicodeEncodeError):
+                not raw.startswith(b"\xef\xbb\xbf") and encode(decode(raw[:-1])) is not None
+        except (ContractError, UnicodeEncodeError):  # a lone surrogate decodes but cannot be stored
             valid = False
         if valid:
             expected_good.add(str(decode(raw[:-1]).event_id))
