@@ -153,7 +153,9 @@ def main() -> None:
         server_cpu, ingester_cpu = cpu_s(server.pid) - server_cpu, children_cpu_s() - ingester_cpu
         assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
         fresh_table(client, ddl)
+        ceiling_server_cpu = cpu_s(server.pid)
         ceiling = engine_ceiling(settings, together.read_bytes(), args.batch_rows, args.inserts_in_flight)
+        ceiling_server_cpu = cpu_s(server.pid) - ceiling_server_cpu
         assert client.command("SELECT count() FROM events") == args.events
         report["throughput"] = {
             "events": args.events, "spool_mb": round(size / 1e6, 1), "batch_rows": args.batch_rows,
@@ -168,7 +170,7 @@ def main() -> None:
             "ingester_peak_rss_mb": round(peak, 1),
             # where the time goes: CPU seconds of each process (the server's include merges)
             "cpu_s": {"native.server": round(native_server_cpu, 2), "ingest.server": round(server_cpu, 2),
-                      "ingest.ingester": round(ingester_cpu, 2)},
+                      "ingest.ingester": round(ingester_cpu, 2), "ceiling.server": round(ceiling_server_cpu, 2)},
         }
         print(json.dumps(report, indent=2), flush=True)
 
