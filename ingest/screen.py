@@ -4,8 +4,8 @@ The fast path never decodes a line into Python objects: whole-chunk byte scans a
 compiled decoder (msgspec, in C) of the columns where ClickHouse's reader is lenient
 prove a chunk free of what ClickHouse would accept silently but the contract forbids
 (invalid UTF-8, a BOM, CR, NUL bytes, lines over the limit, wrong JSON types).  The
-table's constraints and ClickHouse's strict parser check everything else.  Only a chunk that fails a check or an
-insert is split and decoded line by line against the contract itself.
+table's constraints and ClickHouse's strict parser check everything else.  Only a chunk
+that fails a check or an insert is split and decoded line by line against the contract.
 """
 
 from __future__ import annotations
