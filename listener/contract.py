@@ -119,6 +119,7 @@ _TIMESTAMPS: Final = (
     "end_date",
 )
 _TEXTS: Final = (
+    "kind",
     "instance",
     "hostname",
     "dag_id",
@@ -265,16 +266,16 @@ def from_dict(raw: Mapping[str, Any]) -> Event:
 
 
 def _validate(e: Event) -> None:
-    if not isinstance(e.kind, str) or e.kind not in KINDS:  # an unhashable kind must not raise TypeError
-        raise ContractError("kind", f"unknown kind {e.kind!r}; expected one of {sorted(KINDS)}")
-    if e.schema_version != SCHEMA_VERSION:
-        raise ContractError("schema_version", f"expected {SCHEMA_VERSION}, got {e.schema_version!r}")
-    for name in _TEXTS:
+    for name in _TEXTS:  # types first: a kind or state that is a list is not hashable
         value = getattr(e, name)
         if not isinstance(value, str):
             raise ContractError(name, f"expected a string, got {type(value).__name__}")
         if len(value) > MAX_TEXT:
             raise ContractError(name, f"longer than {MAX_TEXT} characters")
+    if e.kind not in KINDS:
+        raise ContractError("kind", f"unknown kind {e.kind!r}; expected one of {sorted(KINDS)}")
+    if e.schema_version != SCHEMA_VERSION:
+        raise ContractError("schema_version", f"expected {SCHEMA_VERSION}, got {e.schema_version!r}")
     if not isinstance(e.error_message, str):
         raise ContractError("error_message", "expected a string")
     if len(e.error_message) > MAX_ERROR_MESSAGE:
