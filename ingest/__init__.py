@@ -1,1 +1,1 @@
-"""The ingester: spool files to ClickHouse, batched and exactly-once (not yet built)."""
+"""The ingester: spool files to ClickHouse, batched and exactly-once."""

@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from . import spoolfiles
 from .checkpoint import Checkpoint, Range
+from .config import IngestConfig
 from .metrics import IngestMetrics
 from .screen import DeadLetter, Line, lines_of, looks_clean, validate
 from .spoolfiles import Chunk
@@ -41,29 +41,6 @@ class Batch:
     token: str  # insert_deduplication_token: the same ranges always give the same token
     fast: bool  # screened clean: insert the bytes as they are
     lines: int
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    spool_dir: Path
-    state_dir: Path
-    max_rows: int = 10_000
-    max_bytes: int = 8 << 20
-    max_latency_s: float = 1.0
-    max_line_bytes: int = 1 << 20
-    retention: str = "delete"  # delete | archive | keep
-    poll_s: float = 0.05
-    inserts_in_flight: int = 2  # batches inserted at once (each is one server insert)
-
-    def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_bytes < 1024 or self.max_line_bytes < 1024:
-            raise ValueError("max_rows must be >= 1, max_bytes and max_line_bytes >= 1024")
-        if self.inserts_in_flight < 1:
-            raise ValueError(f"inserts_in_flight must be >= 1, got {self.inserts_in_flight}")
-        if self.max_latency_s <= 0:
-            raise ValueError(f"max_latency_s must be positive, got {self.max_latency_s}")
-        if self.retention not in ("delete", "archive", "keep"):
-            raise ValueError(f"retention must be delete, archive or keep, got {self.retention!r}")
 
 
 class Ingester:

@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ingest.config import RETENTIONS, IngestConfig
+
 if TYPE_CHECKING:
     from ingest.service import Ingester
 
@@ -45,13 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--once", action="store_true", help="drain what is there, then exit")
     ingest.add_argument("--spool-dir", type=Path, help="default $BATCHOBS_SPOOL_DIR or $BATCHOBS_HOME/spool")
     ingest.add_argument("--state-dir", type=Path, help="checkpoint and archive (default $BATCHOBS_HOME/ingest)")
-    ingest.add_argument("--batch-rows", type=int, default=10_000)
-    ingest.add_argument("--batch-bytes", type=int, default=8 << 20)
-    ingest.add_argument("--max-latency", type=float, default=1.0, help="seconds a line may wait for its batch")
-    ingest.add_argument("--max-line-bytes", type=int, default=1 << 20)
-    ingest.add_argument("--inserts-in-flight", type=int, default=2,
+    ingest.add_argument("--batch-rows", type=int, default=IngestConfig.max_rows)
+    ingest.add_argument("--batch-bytes", type=int, default=IngestConfig.max_bytes)
+    ingest.add_argument("--max-latency", type=float, default=IngestConfig.max_latency_s,
+                        help="seconds a line may wait for its batch")
+    ingest.add_argument("--max-line-bytes", type=int, default=IngestConfig.max_line_bytes)
+    ingest.add_argument("--inserts-in-flight", type=int, default=IngestConfig.inserts_in_flight,
                         help="batches being inserted at once (committed in order)")
-    ingest.add_argument("--retention", choices=("delete", "archive", "keep"), default="delete",
+    ingest.add_argument("--retention", choices=RETENTIONS, default=IngestConfig.retention,
                         help="what to do with fully ingested spool files")
     ingest.add_argument("--metrics-port", type=int, default=None,
                         help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once)")
@@ -172,7 +175,7 @@ def _migrate() -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ingest.service import IngestConfig, Ingester, connect_when_ready, stop_on_signals
+    from ingest.service import Ingester, connect_when_ready, stop_on_signals
 
     from .connection import home_dir, resolve
 
