@@ -1,0 +1,1 @@
+"""The ingester: spool files to ClickHouse, batched and exactly-once."""

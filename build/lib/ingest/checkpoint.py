@@ -1,0 +1,71 @@
+"""Read positions, advanced only after ClickHouse acknowledged the insert.
+
+Before a batch is inserted its ranges are written down as *pending* (an intent
+record).  After a crash each pending batch is replayed with exactly the same ranges,
+so it carries the same ``insert_deduplication_token`` and ClickHouse drops it if the
+first attempt had landed.  Several batches may be pending (inserts in flight); they
+are committed in the order they began, so a read position never passes a range that
+has not landed.  The file is replaced atomically (write, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Checkpoint", "Range"]
+
+
+@dataclass(frozen=True)
+class Range:
+    name: str  # spool file name
+    start: int
+    end: int
+    flag: str = ""  # "" complete lines | "tail" a finished file's fragment | "oversize" one huge line
+
+
+class Checkpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offsets: dict[str, int] = {}
+        self.pending: list[list[Range]] = []  # batches in flight, oldest first
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
+        self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
+
+    def advance(self, landed: int, begun: list[Range] | None = None) -> None:
+        """Commit the ``landed`` oldest pending batches (advance the read positions past
+        them) and write down ``begun``, a batch about to be inserted: one save for both."""
+        for batch in self.pending[:landed]:
+            for r in batch:
+                self.offsets[r.name] = max(self.offsets.get(r.name, 0), r.end)
+        del self.pending[:landed]
+        if begun:
+            self.pending.append(list(begun))
+        self._save()
+
+    def forget(self, names: list[str]) -> None:
+        for name in names:
+            self.offsets.pop(name, None)
+        self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        pending = [[[r.name, r.start, r.end, r.flag] for r in batch] for batch in self.pending]
+        state = {"offsets": self.offsets, "pending": pending}
+        with open(tmp, "w") as handle:
+            json.dump(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

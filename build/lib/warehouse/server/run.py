@@ -1,0 +1,96 @@
+"""Run the embedded server: own the data directory, serve, shut down gracefully."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from .engine import Engine
+from .http import ClickHouseHTTPServer
+
+__all__ = ["DataDirInUse", "serve"]
+
+log = logging.getLogger("batchobs.warehouse.server")
+LOCK_NAME = ".batchobs-server.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another process already serves this data directory."""
+
+
+@contextlib.contextmanager
+def owned(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data directory for the life of the server.
+
+    chDB's own lock would also refuse a second process, but later and with a less
+    helpful message; this names the directory and the owner's pid at once.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held open for the server's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise DataDirInUse(
+                f"data directory {data_dir} is already served by another process (pid {owner}); "
+                "stop it or choose another --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def serve(
+    data_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    *,
+    user: str = "default",
+    password: str = "",
+    max_concurrent_queries: int = 16,
+    shutdown_grace_s: float = 10.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; then finish in-flight queries (bounded) and exit."""
+    data_dir = Path(data_dir).resolve()
+    with owned(data_dir):
+        engine = Engine(str(data_dir), max_concurrent_queries=max_concurrent_queries)
+        server = ClickHouseHTTPServer((host, port), engine, user=user, password=password)
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        worker = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name="warehouse-http", daemon=True)
+        worker.start()
+        bound_host, bound_port = server.server_address[:2]
+        url = f"http://{bound_host!s}:{bound_port}"
+        if on_ready:
+            on_ready(url)
+        try:
+            while not stop.wait(1.0):
+                server.sessions.expire()
+        finally:
+            log.info("shutting down: no new connections, waiting for in-flight queries")
+            server.shutdown()
+            deadline = time.monotonic() + shutdown_grace_s
+            while server.active_requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.server_close()
+            server.sessions.close()
+            engine.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
