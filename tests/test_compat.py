@@ -65,9 +65,9 @@ def _compat_home() -> Path:
 
 @pytest.fixture(scope="session")
 def core_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The core batchobs wheel, built from this checkout."""
+    """The core batchobs wheel, built from this checkout's sdist (no stale build/ tree in it)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([_uv(), "build", "--wheel", "-q", "--out-dir", str(out), str(ROOT)],
+    subprocess.run([_uv(), "build", "-q", "--out-dir", str(out), str(ROOT)],
                    check=True, capture_output=True, timeout=600)
     return next(out.glob("batchobs-*.whl"))
 

@@ -135,8 +135,10 @@ def installed(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def install(state: dict[str, Any], extras: str) -> None:
+    """The wheel with ``extras`` ("" for the core alone), versions from the lock file."""
+    spec = f"batchobs{f'[{extras}]' if extras else ''} @ {state['wheel'].as_uri()}"
     done = subprocess.run([_uv(), "pip", "install", "-q", "--python", str(state["venv"] / "bin" / "python"),
-                           "-c", str(ROOT / "requirements.lock"), f"batchobs[{extras}] @ {state['wheel'].as_uri()}"],
+                           "-c", str(ROOT / "requirements.lock"), spec],
                           capture_output=True, text=True, timeout=900, check=False)
     assert 0 == done.returncode, done.stderr[-3000:]
 
@@ -148,6 +150,15 @@ def batchobs(state: dict[str, Any], *args: str) -> subprocess.CompletedProcess[s
 
 
 class TestInstalledWheel:
+    def test_core_alone_names_the_extra_each_command_needs(self, installed: dict[str, Any]) -> None:
+        """With the core only, each command says in one line which extra to install and exits 2."""
+        install(installed, "")
+        for command, extra in ((("ingest", "--once"), "ingest"), (("warehouse", "migrate"), "ingest"),
+                               (("dbt", "build"), "dbt"), (("warehouse", "serve", "--data-dir", "x"), "embedded")):
+            refused = batchobs(installed, *command)
+            assert (2, [f"pip install 'batchobs[{extra}]'"]) == (
+                refused.returncode, [line.rsplit(": ", 1)[-1] for line in refused.stderr.strip().splitlines()])
+
     def test_migrate_and_ingest_without_airflow_or_dbt(self, installed: dict[str, Any]) -> None:
         """With [ingest,embedded] only, migrate applies every migration and ingest --once loads a spool."""
         install(installed, "ingest,embedded")

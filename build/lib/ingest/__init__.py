@@ -1,1 +1,0 @@
-"""The ingester: spool files to ClickHouse, batched and exactly-once."""
