@@ -32,9 +32,11 @@ debian:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway; }
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
+# Regenerate the lock after changing dependencies in pyproject.toml: every extra
+# (`all` + `test` is what `make setup` installs; the others are subsets of `all`
+# but for `airflow`, whose range `all`'s pin satisfies).
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.10 \
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
 	  --generate-hashes --no-header -o requirements.lock
 
 lint: $(STAMP)

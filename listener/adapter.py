@@ -1,10 +1,11 @@
 """Plain values out of Airflow objects, for events and gauges.
 
-Works on what each hook receives in Airflow 3.3: a ``RuntimeTaskInstance`` in
-the task's own process (no duration, operator, queued_dttm: derived here), an
+Works on what each hook receives in Airflow 3.0 to 3.3: a ``RuntimeTaskInstance``
+in the task's own process (no duration, operator, queued_dttm: derived here), an
 ORM ``TaskInstance`` in the API server (manual state changes) and an ORM
-``DagRun`` in the scheduler.  Every attribute is read defensively: a missing one
-becomes "unknown", never an error.
+``DagRun`` in the scheduler; and in Airflow 2.11, an ORM ``TaskInstance`` in the
+task's own process.  Every attribute is read defensively: a missing one becomes
+"unknown", never an error.
 """
 
 from __future__ import annotations

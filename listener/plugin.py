@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from airflow import __version__ as airflow_version
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 from sqlalchemy.orm import object_session
@@ -29,6 +30,14 @@ from .spool import Spool
 __all__ = ["BatchobsListener", "BatchobsPlugin", "get_listener"]
 
 log = logging.getLogger("batchobs.listener")
+# Airflow 2 runs every task hook with an ORM TaskInstance in the task's own process.
+# Airflow 3 runs them there with a RuntimeTaskInstance, and with an ORM one only in
+# the API server (manual state changes).
+AIRFLOW_VERSION = tuple(int(part) for part in airflow_version.split(".")[:2])
+AIRFLOW_2 = AIRFLOW_VERSION < (3, 0)
+# on_task_instance_skipped came with Airflow 3.1; before it (2.11, 3.0) a skipped
+# task's gauges are set when its DAG run ends (the run's reconciliation).
+SKIP_HOOK = AIRFLOW_VERSION >= (3, 1)
 F = TypeVar("F", bound=Callable[..., None])
 
 
@@ -102,6 +111,9 @@ class BatchobsListener:
             attrs = {} if _in_task_runner(ti) else {"recorded_by": "api-server"}
             self.events.write(contract.TASK_INSTANCE, state=state, emitted_at=now, attrs=attrs,
                               **fields, **adapter.error_fields(error))
+        self._push_task(state, fields)
+
+    def _push_task(self, state: str, fields: dict[str, Any]) -> None:
         if self.pusher is not None:
             end = fields["end_date"]
             self.pusher.submit(
@@ -130,9 +142,10 @@ class BatchobsListener:
         A task killed by SIGKILL or OOM, or one that never ran (upstream_failed),
         fires no task hook; the scheduler cannot see which hooks fired on other
         hosts, so it reports each terminal task instance once per run.  The
-        deterministic event id makes a repeat of this harmless.
+        deterministic event id makes a repeat of this harmless.  Where Airflow has no
+        skip hook, this is also where a skipped task's gauges are set.
         """
-        if self.events is None:
+        if self.events is None and (SKIP_HOOK or self.pusher is None):
             return
         now = datetime.now(timezone.utc)
         # In the scheduler the run is attached to the scheduler's session: read through
@@ -148,8 +161,11 @@ class BatchobsListener:
             fields = adapter.task_fields(ti, state, None, now)
             if ti.end_date is None:
                 fields.update(end_date=None, duration_s=None)
-            self.events.write(contract.TASK_RECONCILED, state=state, emitted_at=now,
-                              attrs={"recorded_by": "scheduler"}, **fields)
+            if self.events is not None:
+                self.events.write(contract.TASK_RECONCILED, state=state, emitted_at=now,
+                                  attrs={"recorded_by": "scheduler"}, **fields)
+            if not SKIP_HOOK and state == "skipped":
+                self._push_task(state, fields)
 
     def record_metric(self, ti: Any, name: str, value: float, unit: str, attrs: dict[str, str]) -> None:
         if self.events is None:
@@ -168,7 +184,7 @@ class BatchobsListener:
 
 
 def _in_task_runner(ti: Any) -> bool:
-    return type(ti).__name__ == "RuntimeTaskInstance"
+    return AIRFLOW_2 or type(ti).__name__ == "RuntimeTaskInstance"
 
 
 def _build() -> BatchobsListener | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,10 +82,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each extra of pyproject.toml brings that the commands import (tests/test_wheel.py
+# checks this against pyproject.toml), and which extras each command needs.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "ingest": ("clickhouse_connect", "msgspec", "lz4", "zstandard", "rich"),
+    "embedded": ("chdb", "lz4", "zstandard"),
+    "dbt": ("dbt.cli.main", "dbt.adapters.clickhouse"),
+    "all": ("airflow", "rich"),
+}
+_COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "warehouse serve": ("embedded",),
+    "warehouse migrate": ("ingest",),
+    "ingest": ("ingest",),
+    "dbt": ("dbt",),
+    "audit": ("ingest",),
+    "demo": ("all",),
+}
+
+
+def _missing_extra(command: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """One line naming the extra to install when ``command`` cannot import what it needs."""
+    needed = list(_COMMAND_EXTRAS.get(command, ()))
+    if command not in ("warehouse serve", "demo") and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
+        needed.append("embedded")  # no warehouse configured: the command starts the embedded one
+    for extra in needed:
+        for module in EXTRA_MODULES[extra]:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:  # its parent package is missing
+                found = False
+            if not found:
+                return (f"batchobs {command}: needs the '{extra}' extra ({module} is not installed): "
+                        f"pip install 'batchobs[{extra}]'")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("BATCHOBS_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    missing = _missing_extra(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if args.command == "warehouse" and args.action == "serve":
         return _serve(args)
     if args.command == "warehouse" and args.action == "migrate":
@@ -110,8 +150,12 @@ def _audit_questions() -> dict[str, Question]:
 
 def _dbt(dbt_args: list[str]) -> int:
     from .connection import resolve
-    from .transform import run_dbt
+    from .transform import PROJECT_DIR, run_dbt
 
+    if not (PROJECT_DIR / "dbt_project.yml").is_file():
+        print(f"batchobs dbt: no dbt project at {PROJECT_DIR}: reinstall batchobs from its wheel or sdist",
+              file=sys.stderr)
+        return 2
     return run_dbt(dbt_args, resolve()).returncode
 
 
@@ -164,8 +208,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate() -> int:
     from .connection import resolve
-    from .migrate import apply, retention_days_from_env
+    from .migrate import MigrationError, apply, migrations, retention_days_from_env
 
+    try:
+        migrations()  # refuse before starting or touching a warehouse
+    except MigrationError as exc:
+        print(f"batchobs warehouse migrate: {exc}", file=sys.stderr)
+        return 2
     settings = resolve()
     admin = settings.with_database("default").client()
     done = apply(admin, settings.database, retention_days_from_env())

@@ -31,13 +31,14 @@ from rich.console import Console
 from rich.table import Table
 
 from . import embedded
+from .bundled import bundled_dir
 from .connection import DATABASE, ClickHouseSettings, home_dir
 from .migrate import apply, retention_days_from_env
 from .transform import marts_database, run_dbt
 
 __all__ = ["ROLLUP_SQL", "RUNS_SQL", "prometheus_config", "run", "run_dag_test"]
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batchobs_example.py"
+EXAMPLE = bundled_dir("examples") / "batchobs_example.py"
 
 # The demo's two reports, read from the dbt marts (dbt/models/marts).
 RUNS_SQL = """

@@ -21,6 +21,8 @@ __all__ = ["Migration", "MigrationError", "apply", "migrations", "retention_days
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_RETENTION_DAYS = 400
+# Package data beside this module (pyproject.toml's package-data ships the .sql files).
+_MIGRATIONS = __name__.rpartition(".")[0] + ".migrations"
 
 
 class MigrationError(RuntimeError):
@@ -44,10 +46,15 @@ class Migration:
 
 def migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("warehouse.migrations").iterdir():
+    for entry in resources.files(_MIGRATIONS).iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    if not found:  # a build that left the .sql files behind must not pass for "up to date"
+        raise MigrationError(
+            f"no migrations found in {resources.files(_MIGRATIONS)}: "
+            "this install lacks warehouse/migrations/*.sql; reinstall batchobs from its wheel or sdist"
+        )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):

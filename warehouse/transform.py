@@ -15,11 +15,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .bundled import bundled_dir
 from .connection import ClickHouseSettings, home_dir
 
 __all__ = ["PROJECT_DIR", "dbt_env", "marts_database", "run_dbt"]
 
-PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
+PROJECT_DIR = bundled_dir("dbt")
 
 
 def marts_database(settings: ClickHouseSettings, env: Mapping[str, str] = os.environ) -> str:
