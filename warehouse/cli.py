@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -37,10 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--user", default="default")
     serve.add_argument(
         "--password-env", default="BATCHOBS_SERVE_PASSWORD", metavar="VAR",
-        help="environment variable holding the password (default BATCHOBS_SERVE_PASSWORD; "
-        "unset or empty means no password)",
+        help="environment variable overriding the password (default BATCHOBS_SERVE_PASSWORD); unset: the "
+        "password generated in DATA_DIR/password; empty: no password, allowed on loopback only",
     )
     serve.add_argument("--max-concurrent-queries", default=16, type=int)
+    stop = wh.add_parser("stop", help="stop the embedded server owning a data directory")
+    stop.add_argument("--data-dir", type=Path, help="default $BATCHOBS_HOME/warehouse")
     wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
 
     ingest = sub.add_parser("ingest", help="tail the spool into ClickHouse (exactly-once effect)")
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "warehouse" and args.action == "serve":
         return _serve(args)
+    if args.command == "warehouse" and args.action == "stop":
+        return _stop(args)
     if args.command == "warehouse" and args.action == "migrate":
         return _migrate()
     if args.command == "ingest":
@@ -134,31 +137,35 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import embedded
-    from .server import DataDirInUse, serve
+    from .server import DataDirInUse, InsecureBind, serve
 
-    ready_file = args.data_dir / embedded.READY_FILE
-    wrote: list[Path] = []
-
-    def ready(url: str) -> None:
-        ready_file.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-        wrote.append(ready_file)
-        print(embedded.READY_PREFIX + url, flush=True)
-
+    # The override is read once and not passed on: nothing this process starts needs it.
+    password = os.environ.pop(args.password_env, None)
     try:
         serve(
-            args.data_dir, args.host, args.port, user=args.user,
-            password=os.environ.get(args.password_env, ""),
-            max_concurrent_queries=args.max_concurrent_queries, on_ready=ready,
+            args.data_dir, args.host, args.port, user=args.user, password=password,
+            max_concurrent_queries=args.max_concurrent_queries,
+            on_ready=lambda url: print(embedded.READY_PREFIX + url, flush=True),
         )
-    except DataDirInUse as exc:
+    except (DataDirInUse, InsecureBind) as exc:
         print(f"batchobs: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:
         print(f"batchobs: cannot serve on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 3
-    finally:
-        for path in wrote:  # only our own: a refused second server leaves the owner's alone
-            path.unlink(missing_ok=True)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import embedded
+    from .connection import home_dir
+
+    data_dir = args.data_dir or home_dir() / "warehouse"
+    server = embedded.stop(data_dir)
+    if server is None:
+        print(f"batchobs: no embedded server owns {data_dir}", file=sys.stderr)
+        return 1
+    print(f"stopped the embedded warehouse on {data_dir} (pid {server.pid})")
     return 0
 
 
