@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         "password generated in DATA_DIR/password; empty: no password, allowed on loopback only",
     )
     serve.add_argument("--max-concurrent-queries", default=16, type=int)
+    serve.add_argument("--max-connections", default=256, type=int,
+                       help="open connections; at the limit the longest-waiting one without a query is closed")
+    serve.add_argument("--max-sessions", default=64, type=int)
+    serve.add_argument("--read-timeout", default=30.0, type=float, help="seconds one read of a request may wait")
+    serve.add_argument("--queue-timeout", default=10.0, type=float,
+                       help="seconds a query waits for a free slot before failing")
     stop = wh.add_parser("stop", help="stop the embedded server owning a data directory")
     stop.add_argument("--data-dir", type=Path, help="default $BATCHOBS_HOME/warehouse")
     wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
@@ -137,7 +143,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import embedded
-    from .server import DataDirInUse, InsecureBind, serve
+    from .server import DataDirInUse, InsecureBind, Limits, serve
 
     # The override is read once and not passed on: nothing this process starts needs it.
     password = os.environ.pop(args.password_env, None)
@@ -145,6 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
         serve(
             args.data_dir, args.host, args.port, user=args.user, password=password,
             max_concurrent_queries=args.max_concurrent_queries,
+            limits=Limits(max_connections=args.max_connections, max_sessions=args.max_sessions,
+                          read_timeout_s=args.read_timeout, queue_timeout_s=args.queue_timeout),
             on_ready=lambda url: print(embedded.READY_PREFIX + url, flush=True),
         )
     except (DataDirInUse, InsecureBind) as exc:

@@ -114,6 +114,7 @@ class Limits:
     max_connections: int = 256
     max_sessions: int = 64
     read_timeout_s: float = 30.0  # one read of request headers or body
+    queue_timeout_s: float = 10.0  # a query waits this long for a slot, then fails with 202
     body: BodyLimits = field(default_factory=BodyLimits)
 
 

@@ -105,10 +105,12 @@ def serve(
         if password is None:
             password = load_or_create_password(data_dir)
         clear_insert_spool(data_dir)
-        engine = Engine(str(data_dir), max_concurrent_queries=max_concurrent_queries)
+        limits = limits or Limits()
+        engine = Engine(str(data_dir), max_concurrent_queries=max_concurrent_queries,
+                        queue_timeout_s=limits.queue_timeout_s)
         token = secrets.token_hex(32)
         server = ClickHouseHTTPServer((host, port), engine, user=user, password=password, token=token,
-                                      limits=limits or Limits())
+                                      limits=limits)
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         worker = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
