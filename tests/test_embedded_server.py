@@ -25,7 +25,6 @@ from warehouse import embedded
 
 from .conftest import port_of
 
-
 # url -> password of the servers these tests started (every embedded server has one)
 PASSWORDS: dict[str, str] = {}
 

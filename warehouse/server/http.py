@@ -81,6 +81,7 @@ READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "E
 _REDACT = re.compile(r"((?:^|[?&\s])password)=[^&\s\"]*", re.IGNORECASE)
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
+LINGER_S, LINGER_BYTES = 2.0, 16 << 20  # after an error, how much of an unread body we still take
 
 _STATUS_BY_CODE = {
     SYNTAX_ERROR: 400, BAD_ARGUMENTS: 400, UNKNOWN_FORMAT: 400, CANNOT_DECOMPRESS: 400,
@@ -292,12 +293,32 @@ class _Handler(BaseHTTPRequestHandler):
             # An unread body would be parsed as the next request on this connection.
             self.close_connection = self.close_connection or not body.exhausted
             self._send_error(err, query_id)
+            if not body.exhausted:
+                self._linger()
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as exc:
             log.exception("unexpected failure serving a query")
             self.close_connection = self.close_connection or not body.exhausted
             self._send_error(EngineError.from_exception(exc), query_id)
+
+    def _linger(self) -> None:
+        """Close after an error with the body unread, without losing the error to a reset.
+
+        Closing a socket that still has unread input makes the kernel send RST, which can
+        destroy the response before the client reads it.  So: stop writing, read and drop
+        what the client is still sending for a bounded time and size, then close.
+        """
+        deadline = time.monotonic() + LINGER_S
+        drained = 0
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_S)
+            while drained < LINGER_BYTES and time.monotonic() < deadline:
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     # -- request parts -------------------------------------------------------
     def _authenticate(self, params: dict[str, str]) -> None:
