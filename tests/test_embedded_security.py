@@ -181,8 +181,9 @@ class TestBrowserSafe:
         """GET is read-only: an INSERT is refused with READONLY (164), INTO OUTFILE never appends."""
         target = tmp_path / "bashrc"
         target.write_text("untouched\n")
-        insert = quote("INSERT INTO batchobs.sentinel VALUES (9)")
-        assert "164" == raw(url, "GET", f"/?query={insert}")[1].get("x-clickhouse-exception-code")
+        for write in ("INSERT INTO batchobs.sentinel VALUES (9)", "DROP TABLE batchobs.sentinel",
+                      "CREATE TABLE batchobs.sentinel2 (a UInt8) ENGINE = Memory"):
+            assert "164" == raw(url, "GET", f"/?query={quote(write)}")[1].get("x-clickhouse-exception-code")
         append = quote(f"SELECT 'x' INTO OUTFILE '{target}' APPEND FORMAT LineAsString")
         assert "497" == raw(url, "GET", f"/?query={append}")[1].get("x-clickhouse-exception-code")
         assert "untouched\n" == target.read_text()
