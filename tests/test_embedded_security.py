@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from warehouse import embedded
 from warehouse.connection import ClickHouseSettings, resolve
@@ -174,6 +176,16 @@ class TestLeastPrivilege:
         ]:
             status, _, body = raw(url, "POST", "/", sql.encode())
             assert 200 == status, (sql, body[:300])
+
+
+class TestPolicyParse:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+    def test_the_policy_parses_exactly_the_clients_text(self, url: str, text: str) -> None:
+        """Any string literal (tabs, newlines, backslashes, NULs) passes the policy's parse unchanged."""
+        literal = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        status, _, body = raw(url, "POST", "/", f"SELECT {literal} FORMAT RawBLOB".encode())
+        assert (200, text) == (status, body.decode())
 
 
 class TestBrowserSafe:

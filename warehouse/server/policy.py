@@ -118,7 +118,8 @@ class Policy:
     def _parse(self, sql: str) -> dict[str, Any] | None:
         try:
             with self._lock:
-                raw = self._parser.query("SELECT parseQueryToJSON({q:String})", "TabSeparatedRaw", {"q": sql})
+                raw = self._parser.query("SELECT parseQueryToJSON({q:String})", "TabSeparatedRaw",
+                                         {"q": _escaped(sql)})
         except EngineError as err:
             if _CANNOT_SERIALIZE in err.message or _INLINE_DATA in err.message:
                 return None
@@ -181,6 +182,14 @@ class Policy:
                 raise _refuse(f"function {parts[1]}")
             if parts and parts[0] == "Set":
                 raise _refuse("SETTINGS in this statement (send them as URL parameters)")
+
+
+def _escaped(text: str) -> str:
+    """A query parameter's value is read in the engine's escaped text form (as in TSV)."""
+    return text.translate(_ESCAPES)
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
 def _protected(name: object) -> bool:
