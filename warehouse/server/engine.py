@@ -232,6 +232,7 @@ class _Session:
     timeout_s: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     expires_at: float = 0.0
+    last_used: float = 0.0
 
 
 class Sessions:
@@ -257,18 +258,23 @@ class Sessions:
 
     @contextmanager
     def _opened(self, session_id: str, timeout_s: float, check: bool) -> Iterator[_Session]:
-        if session_id not in self._sessions and len(self._sessions) >= self._max_sessions:
-            self.expire()
+        evicted = None
         with self._lock:
             sess = self._sessions.get(session_id)
             if sess is None:
                 if check:
                     raise EngineError.of(SESSION_NOT_FOUND, f"Session {session_id[:64]} not found")
                 if len(self._sessions) >= self._max_sessions:
-                    raise EngineError.of(USER_SESSION_LIMIT_EXCEEDED,
-                                         f"Too many open sessions ({self._max_sessions}); close or reuse one")
+                    # clickhouse-connect opens a session per client and never closes it, so at the
+                    # limit the least recently used idle session makes room (as an expiry would).
+                    evicted = self._evict_idle()
+                    if evicted is None:
+                        raise EngineError.of(USER_SESSION_LIMIT_EXCEEDED,
+                                             f"Too many open sessions ({self._max_sessions}), all busy")
                 sess = _Session(self._engine.new_connection(keeps_baseline=True), timeout_s)
                 self._sessions[session_id] = sess
+        if evicted is not None:
+            evicted.conn.close()
         # The previous query of this session may still be sending its last bytes when the
         # client, already holding the whole response, sends the next: wait a moment for it.
         # A query still running after that is a concurrent client.
@@ -278,13 +284,23 @@ class Sessions:
             sess.timeout_s = timeout_s
             yield sess
         finally:
-            sess.expires_at = time.monotonic() + sess.timeout_s
+            sess.last_used = time.monotonic()
+            sess.expires_at = sess.last_used + sess.timeout_s
             if sess.conn.discard:  # a per-query readonly cannot be taken back: the session ends
                 sess.expires_at = 0.0
                 with self._lock:
                     self._sessions.pop(session_id, None)
                 sess.conn.close()
             sess.lock.release()
+
+    def _evict_idle(self) -> _Session | None:
+        """Remove the least recently used session not running a query (caller holds the lock)."""
+        for sid, sess in sorted(self._sessions.items(), key=lambda item: item[1].last_used):
+            if sess.lock.acquire(blocking=False):
+                del self._sessions[sid]
+                sess.lock.release()
+                return sess
+        return None
 
     def _timeout(self, raw: str | None) -> float:
         if raw is None or raw == "":
