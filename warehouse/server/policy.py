@@ -16,7 +16,7 @@ for the few statements that function cannot serialize) and the tree is checked:
   taken from the engine's own ``system.table_functions`` / ``table_engines`` /
   ``database_engines``) is refused wherever it appears, as is the scalar ``file()``;
 * ``INTO OUTFILE``, ``FROM INFILE``, ``ATTACH``, dictionaries, ``SYSTEM`` other
-  than ``FLUSH LOGS``, ``KILL``, ``BACKUP``/``RESTORE``, dropping or renaming the
+  than ``FLUSH LOGS`` and stopping/starting merges, ``KILL``, ``BACKUP``/``RESTORE``, dropping or renaming the
   protected databases, and settings that name files or disks.
 """
 
@@ -66,7 +66,9 @@ _READ_ONLY = frozenset({
 })
 # Statements parseQueryToJSON cannot serialize, checked on EXPLAIN AST's node list instead.
 _EXPLAIN_ONLY = frozenset(_READ_ONLY - _STATEMENTS | {"InsertQuery"})
-_SYSTEM_ALLOWED = frozenset({"FLUSH_LOGS"})
+# SYSTEM statements that act only on this server's own tables and logs.
+_SYSTEM_ALLOWED = frozenset({"FLUSH_LOGS", "STOP_MERGES", "START_MERGES", "STOP_TTL_MERGES", "START_TTL_MERGES"})
+CACHED_STATEMENT_CHARS = 8192
 _CANNOT_SERIALIZE = "does not support JSON serialization"
 _INLINE_DATA = "INSERT with inline data"
 
@@ -93,7 +95,16 @@ class Policy:
                             "SELECT lower(name) FROM system.table_engines UNION ALL "
                             "SELECT lower(name) FROM system.database_engines")
         self.denied_names = frozenset(names - ALLOWED_TABLE_FUNCTIONS - ALLOWED_ENGINES) | DENIED_SCALARS
-        self.check = lru_cache(maxsize=4096)(self._check)
+        # Clients repeat the same statements (clickhouse-connect's probes, dbt's macros): remember
+        # the short ones that passed.  Refusals raise and are not cached.
+        self._cached = lru_cache(maxsize=4096)(self._check)
+
+    def check(self, sql: str, read_only: bool) -> None:
+        """Raise ACCESS_DENIED (or READONLY for a write over GET) unless ``sql`` is allowed."""
+        if len(sql) <= CACHED_STATEMENT_CHARS:
+            self._cached(sql, read_only)
+        else:
+            self._check(sql, read_only)
 
     def _names(self, sql: str) -> set[str]:
         with self._lock:
@@ -101,7 +112,6 @@ class Policy:
         return set(bytes(raw.bytes()).decode().split())
 
     def _check(self, sql: str, read_only: bool) -> None:
-        """Raise ACCESS_DENIED (or READONLY for a write over GET) unless ``sql`` is allowed."""
         tree = self._parse(sql)
         if tree is None:
             self._check_explained(sql, read_only)

@@ -101,6 +101,10 @@ def serve(
             "generated (unset the override)"
         )
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.getpgrp() != os.getpid():
+        # chDB's SYSTEM SHUTDOWN signals the whole process group (tried on 26.9: it killed the
+        # starter too).  The policy refuses it; a group of our own keeps any such signal here.
+        os.setpgid(0, 0)
     with owned(data_dir):
         if password is None:
             password = load_or_create_password(data_dir)
