@@ -171,7 +171,7 @@ def main() -> None:
     subprocess.run([str(Path(sys.executable).with_name("dbt")), "--version"], capture_output=True, check=True)
     report["dbt_version_s"] = round(time.perf_counter() - started, 2)
     try:
-        base = ClickHouseSettings.from_url(server.url + "/default")
+        base = server.settings("default")
         for name, size in (("build", args.events), ("audit", args.audit_events)):
             if args.only and name != args.only:
                 continue

@@ -122,7 +122,7 @@ def main() -> None:
     server = embedded.start(tmp / "warehouse")
     report: dict[str, object] = {}
     try:
-        base = ClickHouseSettings.from_url(server.url + "/default")
+        base = server.settings("default")
         apply(base.client(), "batchobs", 400)
         settings = base.with_database("batchobs")
         client = settings.client()

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import save  # noqa: E402
 from listener.contract import COLUMNS, encode  # noqa: E402
 from warehouse import embedded  # noqa: E402
-from warehouse.connection import ClickHouseSettings  # noqa: E402
 from warehouse.migrate import apply, migrations  # noqa: E402
 from warehouse.synthetic import history  # noqa: E402
 
@@ -109,7 +108,7 @@ def main() -> None:
 
     server = embedded.start(tmp / "served")
     try:
-        settings = ClickHouseSettings.from_url(server.url + "/batchobs")
+        settings = server.settings("batchobs")
         apply(settings.with_database("default").client(), "batchobs", 400)
         plain = settings.client(compress=False)
         lz4 = settings.client(compress="lz4")

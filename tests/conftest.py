@@ -54,7 +54,7 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseS
         return
     server = embedded.start(tmp_path_factory.mktemp("warehouse"))
     try:
-        yield ClickHouseSettings.from_url(server.url + "/default")
+        yield server.settings("default")
     finally:
         server.stop()
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -125,7 +126,8 @@ def test_bad_parameters_are_clear_errors(built: tuple[ClickHouseSettings, str]) 
 def test_cli_json_and_csv(built: tuple[ClickHouseSettings, str], monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
     settings, marts = built
-    monkeypatch.setenv("BATCHOBS_CLICKHOUSE_URL", f"http://{settings.host}:{settings.port}/{settings.database}")
+    auth = f"{quote(settings.username)}:{quote(settings.password)}@"
+    monkeypatch.setenv("BATCHOBS_CLICKHOUSE_URL", f"http://{auth}{settings.host}:{settings.port}/{settings.database}")
     monkeypatch.setenv("BATCHOBS_DBT_SCHEMA", marts)
     assert cli.main(["audit", "failures", "--since", "2026-11-01", "--until", "2026-11-07",
                      "--dag-id", "nightly", "--format", "json"]) == 0

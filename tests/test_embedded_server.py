@@ -25,16 +25,28 @@ from warehouse import embedded
 
 from .conftest import port_of
 
+# url -> password of the servers these tests started (every embedded server has one)
+PASSWORDS: dict[str, str] = {}
+
+
+def started(server: embedded.EmbeddedServer) -> embedded.EmbeddedServer:
+    PASSWORDS[server.url] = server.password
+    return server
+
 
 def client(url: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("password", PASSWORDS.get(url, ""))
     return clickhouse_connect.get_client(host="127.0.0.1", port=port_of(url), **kwargs)
 
 
 def raw(url: str, method: str, path: str, body: bytes = b"",
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        headers: dict[str, str] | None = None, auth: bool = True) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=30)
+    headers = dict(headers or {})
+    if auth and url in PASSWORDS:
+        headers.setdefault("X-ClickHouse-Key", PASSWORDS[url])
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -43,7 +55,7 @@ def raw(url: str, method: str, path: str, body: bytes = b"",
 
 @pytest.fixture(scope="module")
 def url(embedded_server: embedded.EmbeddedServer) -> str:
-    return embedded_server.url
+    return started(embedded_server).url
 
 
 class TestClickHouseConnect:
@@ -173,7 +185,7 @@ class TestHttpSemantics:
         conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=30)
         rows = (f"{i}\n".encode() for i in range(10_000))
         conn.request("POST", "/?query=INSERT%20INTO%20default.chk%20FORMAT%20TSV", body=rows,
-                     encode_chunked=True)
+                     encode_chunked=True, headers={"X-ClickHouse-Key": PASSWORDS[url]})
         assert 200 == conn.getresponse().status
         conn.close()
         assert b"10000\t49995000\n" == raw(url, "POST", "/", b"SELECT count(), sum(a) FROM default.chk")[2]
@@ -205,7 +217,8 @@ class TestHttpSemantics:
     def test_error_after_headers_is_not_a_clean_end(self, url: str) -> None:
         """An error mid-stream is written into the body and the stream is cut."""
         conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=30)
-        conn.request("POST", "/", body=b"SELECT throwIf(number = 2900000, 'boom') FROM numbers(3000000) FORMAT TSV")
+        conn.request("POST", "/", body=b"SELECT throwIf(number = 2900000, 'boom') FROM numbers(3000000) FORMAT TSV",
+                     headers={"X-ClickHouse-Key": PASSWORDS[url]})
         resp = conn.getresponse()
         with pytest.raises(http.client.IncompleteRead) as err:
             resp.read()
@@ -299,7 +312,7 @@ class TestProcess:
     def test_restart_keeps_data_and_second_server_is_refused(self, tmp_path: Path) -> None:
         """Data survives a restart; a second server on the same directory fails at once."""
         data = tmp_path / "wh"
-        server = embedded.start(data)
+        server = started(embedded.start(data))
         try:
             c = client(server.url)
             c.command("CREATE TABLE default.keep (a UInt32) ENGINE = MergeTree ORDER BY a")
@@ -312,7 +325,7 @@ class TestProcess:
             assert "already served by another process" in second.stderr  # refused by our lock, named
         finally:
             assert 0 == server.stop()
-        again = embedded.start(data)
+        again = started(embedded.start(data))
         try:
             assert [(1000,)] == client(again.url).query("SELECT count() FROM default.keep").result_rows
         finally:
@@ -324,18 +337,18 @@ class TestProcess:
         env = dict(os.environ, BATCHOBS_SERVE_PASSWORD=secret, BATCHOBS_LOG_LEVEL="DEBUG")
         server = embedded.start(tmp_path / "wh", env=env)
         try:
-            status, headers, _ = raw(server.url, "POST", "/", b"SELECT 1")
+            status, headers, _ = raw(server.url, "POST", "/", b"SELECT 1", auth=False)
             assert (403, "516") == (status, headers["x-clickhouse-exception-code"])
             ok = client(server.url, username="default", password=secret)
             assert 1 == ok.command("SELECT 1")
-            raw(server.url, "POST", f"/?user=default&password={secret}x", b"SELECT 1")
+            raw(server.url, "POST", f"/?user=default&password={secret}x", b"SELECT 1", auth=False)
         finally:
             server.stop()
         assert secret not in (tmp_path / "wh" / "server.log").read_text()
 
     def test_sigterm_finishes_in_flight_query(self, tmp_path: Path) -> None:
         """SIGTERM lets a running query finish, then the server exits 0."""
-        server = embedded.start(tmp_path / "wh")
+        server = started(embedded.start(tmp_path / "wh"))
         result: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: result.update(
             r=raw(server.url, "POST", "/", b"SELECT sleep(2.5), 'done'")))

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -32,7 +33,8 @@ def start_writer(spool: Path, count: int, rate: float = 0) -> subprocess.Popen[b
 
 
 def start_ingester(db: ClickHouseSettings, home: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, BATCHOBS_HOME=str(home), BATCHOBS_CLICKHOUSE_URL=db.url.replace(":***", ""))
+    url = f"http://{quote(db.username)}:{quote(db.password)}@{db.host}:{db.port}/{db.database}"
+    env = dict(os.environ, BATCHOBS_HOME=str(home), BATCHOBS_CLICKHOUSE_URL=url)
     log = open(home / "ingest.log", "ab")  # noqa: SIM115 - lives with the process
     return subprocess.Popen([BATCHOBS, "ingest", *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
 
@@ -90,7 +92,7 @@ def test_warehouse_outage_delays_and_loses_nothing(tmp_path: Path) -> None:
     port = servers.free_port()
     data = tmp_path / "warehouse"
     server = embedded.start(data, port=port)
-    base = ClickHouseSettings.from_url(server.url + "/default")
+    base = server.settings("default")
     apply(base.client(), "outage", retention_days=400)
     db = base.with_database("outage")
     total = 30_000

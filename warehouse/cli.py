@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -38,10 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--user", default="default")
     serve.add_argument(
         "--password-env", default="BATCHOBS_SERVE_PASSWORD", metavar="VAR",
-        help="environment variable holding the password (default BATCHOBS_SERVE_PASSWORD; "
-        "unset or empty means no password)",
+        help="environment variable overriding the password (default BATCHOBS_SERVE_PASSWORD); unset: the "
+        "password generated in DATA_DIR/password; empty: no password, allowed on loopback only",
     )
     serve.add_argument("--max-concurrent-queries", default=16, type=int)
+    serve.add_argument("--max-connections", default=256, type=int,
+                       help="open connections; at the limit the longest-waiting one without a query is closed")
+    serve.add_argument("--max-sessions", default=64, type=int)
+    serve.add_argument("--read-timeout", default=30.0, type=float, help="seconds one read of a request may wait")
+    serve.add_argument("--queue-timeout", default=10.0, type=float,
+                       help="seconds a query waits for a free slot before failing")
+    stop = wh.add_parser("stop", help="stop the embedded server owning a data directory")
+    stop.add_argument("--data-dir", type=Path, help="default $BATCHOBS_HOME/warehouse")
     wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
 
     ingest = sub.add_parser("ingest", help="tail the spool into ClickHouse (exactly-once effect)")
@@ -103,7 +110,7 @@ _COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
 def _missing_extra(command: str, env: Mapping[str, str] = os.environ) -> str | None:
     """One line naming the extra to install when ``command`` cannot import what it needs."""
     needed = list(_COMMAND_EXTRAS.get(command, ()))
-    if command not in ("warehouse serve", "demo") and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
+    if command not in ("warehouse serve", "warehouse stop", "demo") and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
         needed.append("embedded")  # no warehouse configured: the command starts the embedded one
     for extra in needed:
         for module in EXTRA_MODULES[extra]:
@@ -127,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "warehouse" and args.action == "serve":
         return _serve(args)
+    if args.command == "warehouse" and args.action == "stop":
+        return _stop(args)
     if args.command == "warehouse" and args.action == "migrate":
         return _migrate()
     if args.command == "ingest":
@@ -178,31 +187,37 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import embedded
-    from .server import DataDirInUse, serve
+    from .server import DataDirInUse, InsecureBind, Limits, serve
 
-    ready_file = args.data_dir / embedded.READY_FILE
-    wrote: list[Path] = []
-
-    def ready(url: str) -> None:
-        ready_file.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-        wrote.append(ready_file)
-        print(embedded.READY_PREFIX + url, flush=True)
-
+    # The override is read once and not passed on: nothing this process starts needs it.
+    password = os.environ.pop(args.password_env, None)
     try:
         serve(
-            args.data_dir, args.host, args.port, user=args.user,
-            password=os.environ.get(args.password_env, ""),
-            max_concurrent_queries=args.max_concurrent_queries, on_ready=ready,
+            args.data_dir, args.host, args.port, user=args.user, password=password,
+            max_concurrent_queries=args.max_concurrent_queries,
+            limits=Limits(max_connections=args.max_connections, max_sessions=args.max_sessions,
+                          read_timeout_s=args.read_timeout, queue_timeout_s=args.queue_timeout),
+            on_ready=lambda url: print(embedded.READY_PREFIX + url, flush=True),
         )
-    except DataDirInUse as exc:
+    except (DataDirInUse, InsecureBind) as exc:
         print(f"batchobs: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:
         print(f"batchobs: cannot serve on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 3
-    finally:
-        for path in wrote:  # only our own: a refused second server leaves the owner's alone
-            path.unlink(missing_ok=True)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import embedded
+    from .connection import home_dir
+
+    data_dir = args.data_dir or home_dir() / "warehouse"
+    server = embedded.stop(data_dir)
+    if server is None:
+        print(f"batchobs: no embedded server owns {data_dir}", file=sys.stderr)
+        return 1
+    print(f"stopped the embedded warehouse on {data_dir} (pid {server.pid})")
     return 0
 
 

@@ -3,8 +3,9 @@
 ``BATCHOBS_CLICKHOUSE_URL`` (``http[s]://user:pass@host:port/database``) points
 at any ClickHouse server.  With nothing configured, the embedded server that
 owns ``$BATCHOBS_HOME/warehouse`` is used, started in the background if it is
-not running.  Passwords are passed to the driver separately and never appear
-in ``repr``, logs or error text.
+not running; only a server that proves it owns that directory is used, with
+the password from that directory's 0600 password file.  Passwords are passed
+to the driver separately and never appear in ``repr``, logs or error text.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def resolve(env: Mapping[str, str] = os.environ, start_embedded: bool = True) ->
     from . import embedded
 
     data_dir = home_dir(env) / "warehouse"
-    server = embedded.find_running(data_dir)
+    server = embedded.find_running(data_dir, dict(env))
     if server is None:
         if not start_embedded:
             raise SettingsError(
@@ -99,8 +100,13 @@ def resolve(env: Mapping[str, str] = os.environ, start_embedded: bool = True) ->
                 "BATCHOBS_CLICKHOUSE_URL or run `batchobs warehouse serve`"
             )
         print(f"starting the embedded warehouse on {data_dir}", file=sys.stderr)
-        server = embedded.start(data_dir, detach=True)
-    return ClickHouseSettings.from_url(server.url)
+        server = embedded.start(data_dir, detach=True, env=_server_env(env))
+    return server.settings(DATABASE)
+
+
+def _server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a detached server: ours, minus what only clients use."""
+    return {k: v for k, v in env.items() if k != "BATCHOBS_CLICKHOUSE_URL" and not k.startswith("BATCHOBS_DBT_")}
 
 
 def connect(database: str | None = None, env: Mapping[str, str] = os.environ, **kwargs: Any) -> Any:

@@ -170,7 +170,7 @@ def _warehouse(console: Console, home: Path) -> Iterator[ClickHouseSettings]:
     with console.status(f"starting the embedded warehouse on {data_dir}"):
         server = embedded.start(data_dir)
     try:
-        yield ClickHouseSettings.from_url(server.url + "/" + DATABASE)
+        yield server.settings(DATABASE)
     finally:
         server.stop()
 

@@ -1,28 +1,39 @@
 """Start, find and stop the embedded warehouse server as a separate process.
 
 chDB allows one process per data directory, so every other component talks to
-that one process over HTTP.  ``serve`` writes ``server.json`` (url, pid) into
-the data directory once it listens; this module reads it to find a running
-server, or starts one.
+that one process over HTTP.  The server writes ``server.json`` (url, pid, a
+token made at each start) into the data directory once it listens; this module
+reads it to find a running server, checks that the server answering at that URL
+is the one owning this directory (it proves it knows the token), or starts one.
+The password lives in the data directory too (see ``server.identity``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hmac
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
-__all__ = ["EmbeddedServer", "ServerStartError", "find_running", "start"]
+from .server.identity import IDENTITY_PATH, READY_FILE, proof, read_password, read_ready
 
-READY_FILE = "server.json"
+if TYPE_CHECKING:
+    from .connection import ClickHouseSettings
+
+__all__ = ["PASSWORD_ENV", "READY_FILE", "EmbeddedServer", "ServerStartError", "find_running", "password_for",
+           "start", "stop"]
+
 READY_PREFIX = "batchobs warehouse serving "
+PASSWORD_ENV = "BATCHOBS_SERVE_PASSWORD"  # noqa: S105 - the name of the override variable, not a password
 
 
 class ServerStartError(RuntimeError):
@@ -34,7 +45,15 @@ class EmbeddedServer:
     url: str
     pid: int
     data_dir: Path
+    password: str = field(default="", repr=False)
     process: subprocess.Popen[bytes] | None = None
+
+    def settings(self, database: str = "batchobs") -> ClickHouseSettings:
+        """Connection settings for this server, password included."""
+        from .connection import ClickHouseSettings
+
+        settings = ClickHouseSettings.from_url(self.url + "/" + database)
+        return ClickHouseSettings(settings.host, settings.port, database, "default", self.password)
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, then wait; returns the exit code when it was our child."""
@@ -49,7 +68,20 @@ class EmbeddedServer:
             return self.process.returncode
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ping(url: str, timeout_s: float = 1.0) -> bool:
@@ -60,16 +92,44 @@ def ping(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def find_running(data_dir: Path) -> EmbeddedServer | None:
-    """The server that currently owns ``data_dir``, if one answers."""
+def is_owner(url: str, token: str, timeout_s: float = 2.0) -> bool:
+    """Whether the server at ``url`` knows ``token``: it answers HMAC(token, nonce) for a fresh nonce."""
+    nonce = secrets.token_hex(16)
     try:
-        info = json.loads((data_dir / READY_FILE).read_text())
-    except (OSError, ValueError):
+        with urllib.request.urlopen(  # noqa: S310 - our own loopback URL
+            url.rstrip("/") + IDENTITY_PATH + "?" + urlencode({"nonce": nonce}), timeout=timeout_s
+        ) as resp:
+            answer = resp.read(256).decode("ascii", "replace").strip()
+    except OSError:
+        return False
+    return hmac.compare_digest(answer, proof(token, nonce))
+
+
+def password_for(data_dir: Path, env: dict[str, str] | None = None) -> str:
+    """The password of the server owning ``data_dir``: the operator's override, else its password file."""
+    env = dict(os.environ) if env is None else env
+    if PASSWORD_ENV in env:
+        return env[PASSWORD_ENV]
+    try:
+        return read_password(data_dir)
+    except FileNotFoundError:
+        return ""
+
+
+def find_running(data_dir: Path, env: dict[str, str] | None = None) -> EmbeddedServer | None:
+    """The server that currently owns ``data_dir``, if one answers and proves it."""
+    ready = read_ready(data_dir)
+    if ready is None or not is_owner(ready.url, ready.token):
         return None
-    url, pid = info.get("url"), info.get("pid")
-    if not isinstance(url, str) or not isinstance(pid, int) or not ping(url):
-        return None
-    return EmbeddedServer(url=url, pid=pid, data_dir=data_dir)
+    return EmbeddedServer(url=ready.url, pid=ready.pid, data_dir=data_dir, password=password_for(data_dir, env))
+
+
+def stop(data_dir: Path, timeout_s: float = 20.0) -> EmbeddedServer | None:
+    """Stop the server owning ``data_dir`` (SIGTERM to the pid it proved); None if none runs."""
+    server = find_running(data_dir)
+    if server is not None:
+        server.stop(timeout_s)
+    return server
 
 
 def start(
@@ -82,20 +142,22 @@ def start(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> EmbeddedServer:
-    """Start ``batchobs warehouse serve`` and wait until it answers /ping.
+    """Start ``batchobs warehouse serve`` and wait until it answers and proves it owns ``data_dir``.
 
     ``detach=True`` starts it in its own session so it outlives this process
-    (the "embedded default" for CLI commands); otherwise it is our child.
+    (the "embedded default" for CLI commands); otherwise it is our child, in a
+    process group of its own so nothing it does reaches ours.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / READY_FILE).unlink(missing_ok=True)
     log_path = data_dir / "server.log"
     cmd = [sys.executable, "-m", "warehouse", "serve", "--data-dir", str(data_dir),
            "--host", host, "--port", str(port), *extra_args]
+    child_env = dict(os.environ if env is None else env)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=detach, env=env,
+            start_new_session=detach, process_group=None if detach else 0, env=child_env,
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -103,7 +165,7 @@ def start(
             raise ServerStartError(
                 f"embedded warehouse exited with {proc.returncode}: {_tail(log_path)}"
             )
-        running = find_running(data_dir)
+        running = find_running(data_dir, child_env)
         if running is not None and running.pid == proc.pid:
             running.process = proc
             return running
@@ -117,3 +179,6 @@ def _tail(path: Path, lines: int = 5) -> str:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+

@@ -31,7 +31,8 @@ def marts_database(settings: ClickHouseSettings, env: Mapping[str, str] = os.env
 def dbt_env(settings: ClickHouseSettings, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment for a dbt process: connection, target database, local paths."""
     state = home_dir(env) / "dbt"
-    child = dict(env)
+    # The embedded server's password override is for the server alone; dbt gets its password below.
+    child = {k: v for k, v in env.items() if k != "BATCHOBS_SERVE_PASSWORD"}
     child.update(
         BATCHOBS_DBT_HOST=settings.host,
         BATCHOBS_DBT_PORT=str(settings.port),

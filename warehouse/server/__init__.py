@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .engine import Engine, EngineError
-from .http import ClickHouseHTTPServer
-from .run import DataDirInUse, serve
+from .http import ClickHouseHTTPServer, Limits
+from .run import DataDirInUse, InsecureBind, serve
 
-__all__ = ["ClickHouseHTTPServer", "DataDirInUse", "Engine", "EngineError", "serve"]
+__all__ = ["ClickHouseHTTPServer", "DataDirInUse", "Engine", "EngineError", "InsecureBind", "Limits", "serve"]

@@ -42,6 +42,9 @@ SESSION_IS_LOCKED = 373
 AUTHENTICATION_FAILED = 516
 UNKNOWN_FORMAT = 73
 CANNOT_DECOMPRESS = 271
+TOO_MANY_BYTES = 307
+ACCESS_DENIED = 497
+USER_SESSION_LIMIT_EXCEEDED = 700
 NOT_IMPLEMENTED = 48
 STD_EXCEPTION = 1001
 LOCK_GRACE_S = 0.5
@@ -101,6 +104,10 @@ class EngineConnection:
         for name in [n for n in self._overlay if n not in settings]:
             assignments.append(_assignment(name, self._overlay.pop(name)[1]))
         fresh = {n: v for n, v in settings.items() if self._overlay.get(n, (None,))[0] != v}
+        if "readonly" in fresh:
+            # The engine refuses to change ``readonly`` while it is on, so it cannot be taken
+            # back after this query: the connection is discarded instead of reused.
+            self.discard = True
         if fresh:
             unseen = [check_setting_name(n) for n in fresh if n not in self._overlay]
             baselines = self._baselines(unseen)
@@ -181,11 +188,19 @@ class Engine:
         return EngineConnection(self._chdb.connect(self.path), keeps_baseline=keeps_baseline)
 
     @contextmanager
-    def connection(self) -> Iterator[EngineConnection]:
-        """A pooled connection for one session-less query."""
+    def slot(self) -> Iterator[None]:
+        """One of the bounded query slots, shared by session-less and session queries."""
         if not self._slots.acquire(timeout=self._queue_timeout_s):
             raise EngineError.of(TOO_MANY_SIMULTANEOUS_QUERIES, "Too many simultaneous queries")
         try:
+            yield
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def connection(self) -> Iterator[EngineConnection]:
+        """A pooled connection for one session-less query."""
+        with self.slot():
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             conn = conn or self.new_connection()
@@ -198,8 +213,6 @@ class Engine:
                         self._idle.append(conn)
                 if not keep:
                     conn.close()
-        finally:
-            self._slots.release()
 
     def close(self) -> None:
         with self._lock:
@@ -219,15 +232,18 @@ class _Session:
     timeout_s: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     expires_at: float = 0.0
+    last_used: float = 0.0
 
 
 class Sessions:
     """HTTP sessions (``session_id``): a dedicated connection each, with expiry."""
 
-    def __init__(self, engine: Engine, default_timeout_s: float = 60.0, max_timeout_s: float = 3600.0):
+    def __init__(self, engine: Engine, default_timeout_s: float = 60.0, max_timeout_s: float = 3600.0,
+                 max_sessions: int = 64):
         self._engine = engine
         self._default = default_timeout_s
         self._max = max_timeout_s
+        self._max_sessions = max_sessions
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
@@ -237,13 +253,28 @@ class Sessions:
     @contextmanager
     def session(self, session_id: str, timeout: str | None, check: bool) -> Iterator[EngineConnection]:
         timeout_s = self._timeout(timeout)
+        with self._engine.slot(), self._opened(session_id, timeout_s, check) as sess:
+            yield sess.conn
+
+    @contextmanager
+    def _opened(self, session_id: str, timeout_s: float, check: bool) -> Iterator[_Session]:
+        evicted = None
         with self._lock:
             sess = self._sessions.get(session_id)
             if sess is None:
                 if check:
                     raise EngineError.of(SESSION_NOT_FOUND, f"Session {session_id[:64]} not found")
+                if len(self._sessions) >= self._max_sessions:
+                    # clickhouse-connect opens a session per client and never closes it, so at the
+                    # limit the least recently used idle session makes room (as an expiry would).
+                    evicted = self._evict_idle()
+                    if evicted is None:
+                        raise EngineError.of(USER_SESSION_LIMIT_EXCEEDED,
+                                             f"Too many open sessions ({self._max_sessions}), all busy")
                 sess = _Session(self._engine.new_connection(keeps_baseline=True), timeout_s)
                 self._sessions[session_id] = sess
+        if evicted is not None:
+            evicted.conn.close()
         # The previous query of this session may still be sending its last bytes when the
         # client, already holding the whole response, sends the next: wait a moment for it.
         # A query still running after that is a concurrent client.
@@ -251,10 +282,25 @@ class Sessions:
             raise EngineError.of(SESSION_IS_LOCKED, f"Session {session_id[:64]} is locked by a concurrent client")
         try:
             sess.timeout_s = timeout_s
-            yield sess.conn
+            yield sess
         finally:
-            sess.expires_at = time.monotonic() + sess.timeout_s
+            sess.last_used = time.monotonic()
+            sess.expires_at = sess.last_used + sess.timeout_s
+            if sess.conn.discard:  # a per-query readonly cannot be taken back: the session ends
+                sess.expires_at = 0.0
+                with self._lock:
+                    self._sessions.pop(session_id, None)
+                sess.conn.close()
             sess.lock.release()
+
+    def _evict_idle(self) -> _Session | None:
+        """Remove the least recently used session not running a query (caller holds the lock)."""
+        for sid, sess in sorted(self._sessions.items(), key=lambda item: item[1].last_used):
+            if sess.lock.acquire(blocking=False):
+                del self._sessions[sid]
+                sess.lock.release()
+                return sess
+        return None
 
     def _timeout(self, raw: str | None) -> float:
         if raw is None or raw == "":

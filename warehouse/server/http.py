@@ -1,20 +1,30 @@
 """ClickHouse's HTTP interface in front of the embedded engine.
 
-Request flow: authenticate -> split URL parameters (HTTP-only, ``param_*``,
-settings) -> read the head of the body to route the statement -> run it on a
-pooled or session connection -> stream the result, compressed if asked.
+Request flow: check Host and Origin -> authenticate -> split URL parameters
+(HTTP-only, ``param_*``, settings) -> read the head of the body to route the
+statement -> check it against the policy (``policy.py``) -> run it on a pooled or
+session connection -> stream the result, compressed if asked.
+
+Every resource a client can hold is bounded: connections (the oldest one not
+running a query is closed to make room, so idle or half-sent requests cannot
+lock out ``/ping``), the time a read of headers or body may wait, the
+decompressed body size and ratio, sessions, and query slots (sessions included).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
+import ipaddress
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import codecs, sqlscan
 from .engine import (
+    ACCESS_DENIED,
     AUTHENTICATION_FAILED,
     BAD_ARGUMENTS,
     CANNOT_DECOMPRESS,
@@ -34,10 +45,23 @@ from .engine import (
     EngineError,
     Sessions,
 )
-from .request import Body, decoded, first_keyword, insert_head, is_utf8, land_insert, read_head, read_rest
+from .identity import IDENTITY_PATH, proof
+from .policy import Policy, denied_setting
+from .request import (
+    READ_CHUNK,
+    Body,
+    BodyLimits,
+    decoded,
+    first_keyword,
+    insert_head,
+    is_utf8,
+    land_insert,
+    read_head,
+    read_rest,
+)
 from .results import OneChunk, result_chunks, summary_json
 
-__all__ = ["ClickHouseHTTPServer"]
+__all__ = ["ClickHouseHTTPServer", "Limits"]
 
 log = logging.getLogger("batchobs.warehouse.server")
 
@@ -55,7 +79,9 @@ HTTP_ONLY = frozenset(
 STREAMED_KEYWORDS = frozenset({"SELECT", "WITH"})
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
 _REDACT = re.compile(r"((?:^|[?&\s])password)=[^&\s\"]*", re.IGNORECASE)
-CHUNK = 1 << 20  # body read size: large appends are what make chDB inserts fast
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+_CROSS_SITE = frozenset({"cross-site", "same-site"})
+LINGER_S, LINGER_BYTES = 2.0, 16 << 20  # after an error, how much of an unread body we still take
 
 _STATUS_BY_CODE = {
     SYNTAX_ERROR: 400, BAD_ARGUMENTS: 400, UNKNOWN_FORMAT: 400, CANNOT_DECOMPRESS: 400,
@@ -63,7 +89,9 @@ _STATUS_BY_CODE = {
     115: 400,  # UNKNOWN_SETTING
     117: 400,  # INCORRECT_DATA
     47: 404, 60: 404, 81: 404,  # UNKNOWN_IDENTIFIER, UNKNOWN_TABLE, UNKNOWN_DATABASE
-    READONLY: 403, AUTHENTICATION_FAILED: 403,
+    READONLY: 403, AUTHENTICATION_FAILED: 403, ACCESS_DENIED: 403,
+    307: 413,  # TOO_MANY_BYTES
+    700: 503,  # USER_SESSION_LIMIT_EXCEEDED
     48: 501,  # NOT_IMPLEMENTED
     372: 404, 373: 409,  # SESSION_NOT_FOUND, SESSION_IS_LOCKED
     202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES
@@ -80,13 +108,28 @@ _CONTENT_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one server lets its clients hold."""
+
+    max_connections: int = 256
+    max_sessions: int = 64
+    read_timeout_s: float = 30.0  # one read of request headers or body
+    queue_timeout_s: float = 10.0  # a query waits this long for a slot, then fails with 202
+    body: BodyLimits = field(default_factory=BodyLimits)
+
+
+_WAITING, _RUNNING = "waiting", "running"
+
+
 class ClickHouseHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server that answers as ClickHouse does."""
 
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up shutdown
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024
+    INSERT_SPOOL = "tmp-inserts"
 
     def __init__(
         self,
@@ -95,21 +138,72 @@ class ClickHouseHTTPServer(ThreadingHTTPServer):
         *,
         user: str = "default",
         password: str = "",
+        token: str = "",
+        limits: Limits | None = None,
         session_timeout_s: float = 60.0,
     ) -> None:
         self.engine = engine
-        self.sessions = Sessions(engine, default_timeout_s=session_timeout_s)
+        self.limits = limits or Limits()
+        self.sessions = Sessions(engine, default_timeout_s=session_timeout_s,
+                                 max_sessions=self.limits.max_sessions)
+        self.policy = Policy(engine.new_connection())
         self.user = user
         self.password = password
+        self.token = token
         self.display_name = "batchobs-chdb"
-        self.insert_spool = Path(engine.path) / "tmp-inserts"
+        self.insert_spool = Path(engine.path) / self.INSERT_SPOOL
         self.active_requests = 0
         self._active_lock = threading.Lock()
+        # socket -> (state, since): what each open connection is doing
+        self._connections: dict[socket.socket, tuple[str, float]] = {}
         super().__init__(address, _Handler)
+        host, port = self.server_address[:2]
+        self.allowed_hosts = _allowed_hosts(str(host), int(port))
 
     def track(self, delta: int) -> None:
         with self._active_lock:
             self.active_requests += delta
+
+    def mark(self, sock: socket.socket, state: str) -> None:
+        with self._active_lock:
+            if sock in self._connections:
+                self._connections[sock] = (state, time.monotonic())
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Admit a connection; at the limit, close the one that has waited longest without a query."""
+        with self._active_lock:
+            if len(self._connections) >= self.limits.max_connections:
+                waiting = [(since, s) for s, (state, since) in self._connections.items() if state == _WAITING]
+                if not waiting:
+                    log.warning("connection limit (%d) reached by running queries: refusing one",
+                                self.limits.max_connections)
+                    self.shutdown_request(request)
+                    return
+                victim = min(waiting, key=lambda pair: pair[0])[1]
+                del self._connections[victim]
+                with contextlib.suppress(OSError):  # already gone
+                    victim.shutdown(socket.SHUT_RDWR)  # its thread's blocked read returns and it ends
+            self._connections[request] = (_WAITING, time.monotonic())
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._active_lock:
+            self._connections.pop(request, None)
+        super().shutdown_request(request)
+
+
+def _allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host header values this server answers to; None for a wildcard bind (any)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        return None
+    names = {host.lower(), f"[{host}]" if address is not None and address.version == 6 else host.lower()}
+    if host == "localhost" or (address is not None and address.is_loopback):
+        names.update(_LOOPBACK_NAMES)
+    return frozenset({*names, *(f"{n}:{port}" for n in names)})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,6 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: ClickHouseHTTPServer
     server_version = "batchobs-chdb"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.limits.read_timeout_s)  # every read of headers and body
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), _REDACT.sub(r"\1=***", format % args))
@@ -131,26 +229,62 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(read_only=False)
 
     def do_HEAD(self) -> None:
-        self._send_plain(200, b"")
+        self._dispatch(read_only=True, head=True)
 
-    def _dispatch(self, read_only: bool) -> None:
+    def _dispatch(self, read_only: bool, head: bool = False) -> None:
         self.server.track(+1)
         try:
-            self._serve(read_only)
+            refusal = self._foreign_request()
+            if refusal is not None:
+                self.close_connection = True
+                self._send_error(refusal, str(uuid.uuid4()))
+            elif head:
+                self._refuse_body()
+                self._send_plain(200, b"")
+            else:
+                self._serve(read_only)
         finally:
+            self.server.mark(self.connection, _WAITING)
             self.server.track(-1)
+
+    def _foreign_request(self) -> EngineError | None:
+        """A request from another site or for another host name (cross-site requests, DNS rebinding)."""
+        allowed = self.server.allowed_hosts
+        host = self.headers.get("Host")
+        if allowed is not None and host is not None and host.lower() not in allowed:
+            return EngineError.of(ACCESS_DENIED, f"Host {host[:100]!r} is not this server's address")
+        origin = self.headers.get("Origin")
+        if origin is not None and (allowed is None or urlsplit(origin).netloc.lower() not in allowed):
+            return EngineError.of(ACCESS_DENIED, "Cross-origin requests are not allowed")
+        if self.headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
+            return EngineError.of(ACCESS_DENIED, "Cross-site requests are not allowed")
+        return None
+
+    def _refuse_body(self) -> None:
+        """A body where none belongs is not read: the connection closes, so it is never taken
+        for the next request."""
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
+            self.close_connection = True
 
     def _serve(self, read_only: bool) -> None:
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         if url.path in ("/ping", "/replicas_status") or (url.path == "/" and read_only and "query" not in params):
+            self._refuse_body()
             self._send_plain(200, b"Ok.\n")
             return
+        if url.path == IDENTITY_PATH and read_only:
+            self._refuse_body()
+            self._send_plain(200, proof(self.server.token, params.get("nonce", "")[:128]).encode())
+            return
         if url.path != "/":
+            self._refuse_body()
             self._send_plain(404, b"There is no handle " + url.path.encode()[:200] + b"\n")
             return
         query_id = params.get("query_id") or str(uuid.uuid4())
         started = time.perf_counter_ns()
+        if read_only:
+            self._refuse_body()
         body = Body(self._body_chunks() if not read_only else iter(()))
         try:
             self._authenticate(params)
@@ -159,12 +293,32 @@ class _Handler(BaseHTTPRequestHandler):
             # An unread body would be parsed as the next request on this connection.
             self.close_connection = self.close_connection or not body.exhausted
             self._send_error(err, query_id)
-        except ConnectionError:
+            if not body.exhausted:
+                self._linger()
+        except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as exc:
             log.exception("unexpected failure serving a query")
             self.close_connection = self.close_connection or not body.exhausted
             self._send_error(EngineError.from_exception(exc), query_id)
+
+    def _linger(self) -> None:
+        """Close after an error with the body unread, without losing the error to a reset.
+
+        Closing a socket that still has unread input makes the kernel send RST, which can
+        destroy the response before the client reads it.  So: stop writing, read and drop
+        what the client is still sending for a bounded time and size, then close.
+        """
+        deadline = time.monotonic() + LINGER_S
+        drained = 0
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_S)
+            while drained < LINGER_BYTES and time.monotonic() < deadline:
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     # -- request parts -------------------------------------------------------
     def _authenticate(self, params: dict[str, str]) -> None:
@@ -188,14 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _body_chunks(self) -> Iterator[bytes]:
         """The request body as decompressed chunks (Content-Length or chunked)."""
         try:
-            decoder = codecs.decoder(self.headers.get("Content-Encoding", ""))
+            encoding = codecs.check_encoding(self.headers.get("Content-Encoding", ""))
         except LookupError as exc:
             raise EngineError.of(BAD_ARGUMENTS, str(exc)) from None
         raw = self._chunked() if "chunked" in self.headers.get("Transfer-Encoding", "").lower() else self._sized()
-        if decoder is None:
-            yield from raw
-        else:
-            yield from decoded(raw, decoder)
+        yield from decoded(raw, encoding, self.server.limits.body)
 
     def _sized(self) -> Iterator[bytes]:
         try:
@@ -204,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise EngineError.of(BAD_ARGUMENTS, "Invalid Content-Length") from None
         while remaining > 0:
-            chunk = self.rfile.read(min(CHUNK, remaining))
+            chunk = self.rfile.read(min(READ_CHUNK, remaining))
             if not chunk:
                 raise ConnectionError("client closed the connection mid-body")
             remaining -= len(chunk)
@@ -255,9 +406,16 @@ class _Handler(BaseHTTPRequestHandler):
                 raise EngineError.of(SYNTAX_ERROR, "Empty query")
             if read_only and parsed.keyword not in READ_ONLY_KEYWORDS:
                 raise EngineError.of(READONLY, "Cannot execute query in readonly mode (GET request)")
+            self.server.policy.check(parsed.sql, read_only)
+        else:
+            self.server.policy.check(f"{insert.sql} {insert.settings} FORMAT {insert.format}", False)
         settings = {k: v for k, v in params.items() if k not in HTTP_ONLY and not k.startswith("param_")}
+        for name in settings:
+            if denied_setting(name):
+                raise EngineError.of(ACCESS_DENIED, f"Not allowed on the embedded warehouse: setting {name}")
         query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         with self._connection(params) as conn:
+            self.server.mark(self.connection, _RUNNING)
             conn.prepare(settings, params.get("database") or None)
             if insert is not None:
                 summary = land_insert(conn, insert, head, rest, self.server.insert_spool)
@@ -285,9 +443,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if parsed.keyword in STREAMED_KEYWORDS:
                 stream: Any = conn.conn.send_query(parsed.sql, fmt, params=query_params)
+                first = stream.fetch()
+                if first is None:
+                    # chDB's stream yields nothing for zero rows, not even the format's prefix
+                    # (JSON's meta and "rows": 0, CSVWithNames' header): ask again, unstreamed.
+                    stream.close()
+                    stream = OneChunk(conn.conn.query(parsed.sql, fmt, params=query_params))
+                    first = stream.fetch()
             else:  # chDB streams only SELECTs; the rest return small results at once
                 stream = OneChunk(conn.conn.query(parsed.sql, fmt, params=query_params))
-            first = stream.fetch()
+                first = stream.fetch()
         except Exception as exc:  # noqa: BLE001 - engine errors carry ClickHouse codes
             raise EngineError.from_exception(exc) from None
         if session and parsed.keyword == "USE":
@@ -363,6 +528,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_plain(self, status: int, body: bytes) -> None:
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

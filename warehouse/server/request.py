@@ -10,15 +10,25 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import codecs, sqlscan
-from .engine import CANNOT_DECOMPRESS, SYNTAX_ERROR, UNKNOWN_FORMAT, EngineConnection, EngineError, quote
+from .engine import (
+    CANNOT_DECOMPRESS,
+    SYNTAX_ERROR,
+    TOO_MANY_BYTES,
+    UNKNOWN_FORMAT,
+    EngineConnection,
+    EngineError,
+    quote,
+)
 
-__all__ = ["MAX_QUERY_BYTES", "Body", "decoded", "first_keyword", "insert_head", "is_utf8", "land_insert",
-           "read_head", "read_rest"]
+__all__ = ["MAX_QUERY_BYTES", "READ_CHUNK", "Body", "BodyLimits", "decoded", "first_keyword", "insert_head",
+           "is_utf8", "land_insert", "read_head", "read_rest"]
 
 MAX_QUERY_BYTES = 16 << 20  # a statement without inline data
+READ_CHUNK = 1 << 20  # body read size: large appends are what make chDB inserts fast
 
 
 class Body:
@@ -39,14 +49,50 @@ class Body:
             raise
 
 
-def decoded(raw: Iterator[bytes], decoder: codecs.Decoder) -> Iterator[bytes]:
-    for chunk in raw:
+@dataclass(frozen=True)
+class BodyLimits:
+    """Bounds on one request body, after decompression."""
+
+    max_bytes: int = 1 << 30  # an insert body; a statement alone is bounded by MAX_QUERY_BYTES
+    max_ratio: int = 1000  # decompressed / compressed; lz4 cannot exceed ~255, gzip ~1030
+    ratio_floor: int = 16 << 20  # small bodies may compress as well as they like
+
+
+def decoded(raw: Iterator[bytes], encoding: str | None, limits: BodyLimits) -> Iterator[bytes]:
+    """The body decompressed in bounded pieces, refused once it passes a limit."""
+    if encoding is None:
+        total = 0
+        for chunk in raw:
+            total += len(chunk)
+            _check_size(total, limits)
+            yield chunk
+        return
+    source = codecs.RawBody(raw)
+    stream = codecs.reader(encoding, source)
+    total = 0
+    while True:
         try:
-            out = decoder.decompress(chunk)
+            out = stream.read(READ_CHUNK)
+        except (EngineError, ConnectionError, TimeoutError):
+            raise
         except Exception as exc:  # noqa: BLE001 - each codec raises its own type
             raise EngineError.of(CANNOT_DECOMPRESS, f"Cannot decompress request body: {exc}") from None
-        if out:
-            yield out
+        if not out:
+            return
+        total += len(out)
+        _check_size(total, limits)
+        if total > limits.ratio_floor and total > limits.max_ratio * max(source.consumed, 1):
+            raise EngineError.of(
+                CANNOT_DECOMPRESS,
+                f"Request body decompresses more than {limits.max_ratio} times its size; "
+                "send it uncompressed or split it",
+            )
+        yield out
+
+
+def _check_size(total: int, limits: BodyLimits) -> None:
+    if total > limits.max_bytes:
+        raise EngineError.of(TOO_MANY_BYTES, f"Request body exceeds {limits.max_bytes} bytes; split the insert")
 
 
 def read_head(url_query: bytes, body: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
