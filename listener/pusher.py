@@ -9,6 +9,7 @@ then is abandoned and counted.  A budget caps the number of distinct groups.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - imported before any worker exists; see below
 import logging
 import os
 import threading
@@ -23,6 +24,11 @@ from .gauges import GroupKey
 __all__ = ["GaugePusher"]
 
 log = logging.getLogger("batchobs.listener")
+
+# A push imports the IDNA codec on first use (socket.getaddrinfo encodes the host name).
+# A child forked while the worker was inside that import would wait on the module's import
+# lock forever, so it is imported with this module, before there is any worker thread.
+# tests/test_listener_forks.py checks that a push imports nothing new.
 
 PushFn = Callable[[str, str, CollectorRegistry, dict[str, str], float], None]
 
