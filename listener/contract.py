@@ -65,9 +65,10 @@ MAX_ERROR_MESSAGE: Final = 4096  # characters kept of an error message
 MAX_TEXT: Final = 1024  # characters of any other text field (ids, names)
 MAX_ATTRS: Final = 64  # entries in attrs
 # Every time is within [EARLIEST, LATEST): what every ClickHouse DateTime64(6) column holds.
-# ClickHouse documents DateTime64's range as 1900-01-01 .. 2299-12-31 23:59:59.99999999 and
-# saturates (or, depending on the version, wraps) values outside it; a day's margin on each
-# side keeps a saturated value out of the contract's range, so the table's CHECK refuses it.
+# ClickHouse documents DateTime64's range as 1900-01-01 .. 2299-12-31 23:59:59.99999999;
+# outside it, versions differ (chDB 26.9 stores 1850 and 9999 as they are, others saturate
+# at the edges).  A day's margin on each side keeps a value saturated at an edge out of the
+# contract's range, so the table's CHECK (migrations/0004_time_bounds.sql) refuses it.
 EARLIEST: Final = datetime(1900, 1, 2, tzinfo=timezone.utc)
 LATEST: Final = datetime(2299, 12, 31, tzinfo=timezone.utc)
 # What ClickHouse reads a missing DateTime64 as; the table refuses it as emitted_at.
