@@ -21,6 +21,8 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from listener.contract import COLUMNS
+
 from .screen import DeadLetter, Line
 
 __all__ = ["DataError", "Writer", "token_for"]
@@ -31,6 +33,7 @@ DATA_ERROR_CODES = frozenset({
     8, 16,  # THERE_IS_NO_COLUMN, NO_SUCH_COLUMN_IN_TABLE (an unknown field)
     25, 376,  # CANNOT_PARSE_ESCAPE_SEQUENCE, CANNOT_PARSE_UUID
 })
+_EVENT_COLUMNS = list(COLUMNS)
 DEAD_LETTER_COLUMNS = ["received_at", "source", "position", "reason", "raw", "raw_bytes"]
 # The contract is strict; ClickHouse's JSON reader is lenient by default (numbers read
 # into strings, bools into numbers, ...).  Every leniency is switched off for events.
@@ -63,8 +66,10 @@ class Writer:
 
     def insert_events(self, body: bytes, token: str) -> None:
         """Insert JSONEachRow rows; raises DataError if ClickHouse refuses the data."""
+        # The contract's columns by name: a line that sets another column (ingested_at, which
+        # the TTL counts from) is an unknown field, not a row that expires at once.
         self._retrying(lambda: self._client.raw_insert(
-            "events", insert_block=body, fmt="JSONEachRow",
+            "events", column_names=_EVENT_COLUMNS, insert_block=body, fmt="JSONEachRow",
             settings={**EVENT_SETTINGS, "insert_deduplication_token": token}))
 
     def insert_rows(self, rows: list[tuple[Line, bytes]], token: str) -> list[DeadLetter]:

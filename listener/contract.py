@@ -23,7 +23,9 @@ __all__ = [
     "COLUMNS",
     "DAG_RUN",
     "DAG_RUN_STATES",
+    "EARLIEST",
     "KINDS",
+    "LATEST",
     "MAX_ATTRS",
     "MAX_ERROR_MESSAGE",
     "MAX_TEXT",
@@ -62,6 +64,15 @@ DAG_RUN_STATES: Final = frozenset({"running", "success", "failed"})
 MAX_ERROR_MESSAGE: Final = 4096  # characters kept of an error message
 MAX_TEXT: Final = 1024  # characters of any other text field (ids, names)
 MAX_ATTRS: Final = 64  # entries in attrs
+# Every time is within [EARLIEST, LATEST): what every ClickHouse DateTime64(6) column holds.
+# ClickHouse documents DateTime64's range as 1900-01-01 .. 2299-12-31 23:59:59.99999999;
+# outside it, versions differ (chDB 26.9 stores 1850 and 9999 as they are, others saturate
+# at the edges).  A day's margin on each side keeps a value saturated at an edge out of the
+# contract's range, so the table's CHECK (migrations/0004_time_bounds.sql) refuses it.
+EARLIEST: Final = datetime(1900, 1, 2, tzinfo=timezone.utc)
+LATEST: Final = datetime(2299, 12, 31, tzinfo=timezone.utc)
+# What ClickHouse reads a missing DateTime64 as; the table refuses it as emitted_at.
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _UUID_NAMESPACE: Final = uuid.UUID("6f1f3c5e-2b0d-4c53-9a47-9d1c5e0b7a11")
 
 
@@ -228,13 +239,16 @@ def encode(event: Event) -> bytes:
 
 
 def decode(line: bytes | str) -> Event:
-    """Parse and validate one JSON line; raises ContractError naming the field."""
+    """Parse and validate one JSON line; raises ContractError naming the field, and nothing else."""
     try:
-        raw = json.loads(line)
+        # UTF-8 only: json.loads would guess UTF-16 or UTF-32 from the first bytes.
+        raw = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
     except UnicodeDecodeError as exc:
         raise ContractError("line", f"not valid UTF-8 ({exc.reason})") from None
-    except ValueError as exc:
+    except ValueError as exc:  # also a number longer than int() accepts
         raise ContractError("line", f"not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses per level; an event nests two levels deep
+        raise ContractError("line", "nested too deeply to be an event") from None
     if not isinstance(raw, dict):
         raise ContractError("line", f"expected a JSON object, got {type(raw).__name__}")
     return from_dict(raw)
@@ -246,7 +260,7 @@ def from_dict(raw: Mapping[str, Any]) -> Event:
     if unknown:
         raise ContractError(sorted(unknown)[0], "unknown field")
     version = raw.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version != SCHEMA_VERSION or type(version) is not int:
         raise ContractError(
             "schema_version", f"unsupported version {version!r}; this reader knows {SCHEMA_VERSION}"
         )
@@ -272,6 +286,7 @@ def _validate(e: Event) -> None:
             raise ContractError(name, f"expected a string, got {type(value).__name__}")
         if len(value) > MAX_TEXT:
             raise ContractError(name, f"longer than {MAX_TEXT} characters")
+        _check_utf8(name, value)
     if e.kind not in KINDS:
         raise ContractError("kind", f"unknown kind {e.kind!r}; expected one of {sorted(KINDS)}")
     if e.schema_version != SCHEMA_VERSION:
@@ -280,6 +295,7 @@ def _validate(e: Event) -> None:
         raise ContractError("error_message", "expected a string")
     if len(e.error_message) > MAX_ERROR_MESSAGE:
         raise ContractError("error_message", f"longer than {MAX_ERROR_MESSAGE} characters")
+    _check_utf8("error_message", e.error_message)
     for name in ("instance", "dag_id", "run_id"):
         if not getattr(e, name):
             raise ContractError(name, "must not be empty")
@@ -296,12 +312,15 @@ def _validate(e: Event) -> None:
             continue
         if not isinstance(value, datetime) or value.utcoffset() is None:
             raise ContractError(name, "expected a timezone-aware datetime")
+        _check_time(name, value)
+    if e.emitted_at == _EPOCH:
+        raise ContractError("emitted_at", "1970-01-01 00:00:00 is what the warehouse reads a missing time as")
     for name in ("duration_s", "metric_value"):
         value = getattr(e, name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ContractError(name, f"expected a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise ContractError(name, f"expected a finite number, got {str(value)[:40]}")
     if e.duration_s is not None and e.duration_s < 0:
         raise ContractError("duration_s", f"must not be negative, got {e.duration_s}")
     _validate_attrs(e.attrs)
@@ -318,6 +337,8 @@ def _validate_attrs(attrs: object) -> None:
             raise ContractError("attrs", f"entry {key!r} must map a string to a string")
         if len(key) > MAX_TEXT or len(value) > MAX_TEXT:
             raise ContractError("attrs", f"entry {key[:40]!r} longer than {MAX_TEXT} characters")
+        _check_utf8("attrs", key)
+        _check_utf8("attrs", value)
 
 
 def _validate_kind_fields(e: Event) -> None:
@@ -342,6 +363,32 @@ def _validate_kind_fields(e: Event) -> None:
             raise ContractError("metric_value", "must be set for a task_metric event")
 
 
+def _check_utf8(name: str, value: str) -> None:
+    # A lone surrogate (from a surrogate-escaped file name, or "\\udc00" in JSON) has no UTF-8 form.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ContractError(name, "holds a lone surrogate, which UTF-8 cannot encode") from None
+
+
+def _check_time(name: str, value: datetime) -> None:
+    try:
+        within = EARLIEST <= value < LATEST
+    except OverflowError:  # a time near year 1 or 9999 whose offset takes it past the calendar
+        within = False
+    if not within:
+        raise ContractError(name, f"{value.isoformat()[:40]} is outside {EARLIEST:%Y-%m-%d}..{LATEST:%Y-%m-%d} "
+                                  "(what the warehouse's time columns hold)")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _format_ts(value: datetime) -> str:
     # ClickHouse's DateTime64 parser reads this form with no special settings.
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -360,6 +407,7 @@ def _parse_ts(name: str, value: object) -> datetime:
         raise ContractError(name, f"not a timestamp: {value[:40]!r}") from None
     if parsed.utcoffset() is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    _check_time(name, parsed)
     return parsed.astimezone(timezone.utc)
 
 

@@ -3,7 +3,9 @@
 Each hook pulls plain values out of Airflow's objects (adapter), appends one
 event to the spool (the only synchronous work), and hands the gauges to the
 background pusher.  Every hook body is guarded: a failure is logged with "no
-impact on the task" and never raised into Airflow.
+impact on the task" and never raised into Airflow.  The event and the gauges are
+guarded apart: a spool that fails (a full disk, a value the contract refuses)
+never costs the gauges, and a push that fails never costs the event.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def _guarded(fn: F) -> F:
             log.warning("batchobs: %s failed; no impact on the task", fn.__name__, exc_info=True)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _attempt(what: str, action: Callable[[], object]) -> None:
+    """Run one path of a hook (the event, or the gauges); its failure stays its own."""
+    try:
+        action()
+    except Exception:  # a hook must never raise into Airflow, nor one path stop the other
+        log.warning("batchobs: %s failed; no impact on the task", what, exc_info=True)
 
 
 class BatchobsListener:
@@ -107,33 +117,35 @@ class BatchobsListener:
     def _task(self, state: str, previous_state: Any, ti: Any, error: Any) -> None:
         now = datetime.now(timezone.utc)
         fields = adapter.task_fields(ti, state, previous_state, now)
-        if self.events is not None:
+        if (events := self.events) is not None:
             attrs = {} if _in_task_runner(ti) else {"recorded_by": "api-server"}
-            self.events.write(contract.TASK_INSTANCE, state=state, emitted_at=now, attrs=attrs,
-                              **fields, **adapter.error_fields(error))
+            _attempt("writing the task event", lambda: events.write(
+                contract.TASK_INSTANCE, state=state, emitted_at=now, attrs=attrs,
+                **fields, **adapter.error_fields(error)))
         self._push_task(state, fields)
 
     def _push_task(self, state: str, fields: dict[str, Any]) -> None:
-        if self.pusher is not None:
+        if (pusher := self.pusher) is not None:
             end = fields["end_date"]
-            self.pusher.submit(
+            _attempt("pushing the task gauges", lambda: pusher.submit(
                 GroupKey.task(self.config.job, fields["dag_id"], fields["task_id"], self.config.instance),
                 task_gauges(state, fields["try_number"], fields["map_index"], fields["duration_s"],
                             end.timestamp() if end else None),
-            )
+            ))
 
     @_guarded
     def _dag_run(self, state: str, dag_run: Any) -> None:
         now = datetime.now(timezone.utc)
         fields = adapter.dag_run_fields(dag_run, state, now)
-        if self.events is not None:
-            self.events.write(contract.DAG_RUN, state=state, emitted_at=now, **fields)
-        if self.pusher is not None:
+        if (events := self.events) is not None:
+            _attempt("writing the DAG-run event",
+                     lambda: events.write(contract.DAG_RUN, state=state, emitted_at=now, **fields))
+        if (pusher := self.pusher) is not None:
             end = fields["end_date"]
-            self.pusher.submit(
+            _attempt("pushing the DAG-run gauges", lambda: pusher.submit(
                 GroupKey.dag(self.config.job, fields["dag_id"], self.config.instance),
                 dag_run_gauges(state, fields["duration_s"], end.timestamp() if end else None),
-            )
+            ))
 
     @_guarded
     def _reconcile(self, dag_run: Any) -> None:
@@ -161,9 +173,10 @@ class BatchobsListener:
             fields = adapter.task_fields(ti, state, None, now)
             if ti.end_date is None:
                 fields.update(end_date=None, duration_s=None)
-            if self.events is not None:
-                self.events.write(contract.TASK_RECONCILED, state=state, emitted_at=now,
-                                  attrs={"recorded_by": "scheduler"}, **fields)
+            if (events := self.events) is not None:
+                _attempt("writing a reconciled event", lambda: events.write(
+                    contract.TASK_RECONCILED, state=state, emitted_at=now,
+                    attrs={"recorded_by": "scheduler"}, **fields))
             if not SKIP_HOOK and state == "skipped":
                 self._push_task(state, fields)
 

@@ -9,6 +9,7 @@ then is abandoned and counted.  A budget caps the number of distinct groups.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - imported before any worker exists; see below
 import logging
 import os
 import threading
@@ -17,11 +18,17 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, pushadd_to_gateway
 
+from ._forks import rebuild_after_fork
 from .gauges import GroupKey
 
 __all__ = ["GaugePusher"]
 
 log = logging.getLogger("batchobs.listener")
+
+# A push imports the IDNA codec on first use (socket.getaddrinfo encodes the host name).
+# A child forked while the worker was inside that import would wait on the module's import
+# lock forever, so it is imported with this module, before there is any worker thread.
+# tests/test_listener_forks.py checks that a push imports nothing new.
 
 PushFn = Callable[[str, str, CollectorRegistry, dict[str, str], float], None]
 
@@ -45,20 +52,19 @@ class GaugePusher:
         self._cond = threading.Condition()
         self._pending: dict[GroupKey, CollectorRegistry] = {}
         self._known: set[GroupKey] = set()
-        self._worker: threading.Thread | None = None
-        self._pid = 0
+        self._worker: threading.Thread | None = None  # started on the first submit
+        self._pid = os.getpid()
         self._stopping = False
         self._in_flight = 0
         self.pushed = 0
         self.failed = 0
         self.refused = 0
         self.abandoned = 0
+        rebuild_after_fork(self)
 
     def submit(self, key: GroupKey, registry: CollectorRegistry) -> bool:
         """Queue the newest state of a group; False if the group budget refused it."""
         with self._cond:
-            if self._pid != os.getpid():
-                self._reset_after_fork()
             if key not in self._known:
                 if len(self._known) >= self._max_groups:
                     self.refused += 1
@@ -74,11 +80,14 @@ class GaugePusher:
             self._cond.notify()
         return True
 
-    def _reset_after_fork(self) -> None:
-        # Threads do not survive fork: a child starts with its own worker and queue.
+    def after_fork_in_child(self) -> None:
+        # Threads do not survive fork, and the parent's worker may have held the condition's
+        # lock: a child starts with its own lock, queue and (on its first submit) worker.
+        self._cond = threading.Condition()
         self._pid = os.getpid()
         self._pending, self._known, self._worker = {}, set(), None
         self._stopping, self._in_flight = False, 0
+        self.pushed = self.failed = self.refused = self.abandoned = 0
 
     def _run(self) -> None:
         backoff = 0.0

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listener import contract
@@ -158,3 +158,99 @@ def test_contract_needs_only_the_standard_library() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert 0 == proc.returncode, proc.stdout + proc.stderr
+
+
+# -- hostile input: decoding any line raises ContractError or gives an event the warehouse holds --
+
+_GOOD = json.loads(encode(task_event()))
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_times = (st.datetimes(timezones=st.timezones() | st.none()).map(lambda t: t.isoformat())
+          | st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999-14:00",
+                             "1899-12-31 23:59:59", "2299-12-31 00:00:00", "1970-01-01 00:00:00", "Z"]))
+
+
+def _deep(depth: int, opener: bytes, closer: bytes) -> bytes:
+    return opener * depth + closer * depth
+
+
+@st.composite
+def hostile_lines(draw: st.DrawFn) -> bytes:
+    """A line an operator's disk or a hostile writer could produce."""
+    choice = draw(st.integers(0, 5))
+    if choice == 0:  # one field of a good event replaced by any JSON value
+        name = draw(st.sampled_from(sorted(_GOOD)))
+        value = draw(_times) if name.endswith(("_at", "_date", "_start", "_end")) and draw(st.booleans()) \
+            else draw(_json_values)
+        return json.dumps({**_GOOD, name: value}, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    if choice == 1:  # deep nesting, in a field or at the top
+        depth = draw(st.sampled_from([3, 999, 1000, 5000, 100_000]))
+        nested = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
+        body = _deep(depth, *nested) if nested[0] == b"[" else nested[0] * depth + b"1" + nested[1] * depth
+        return body if draw(st.booleans()) else b'{"attrs":' + body + b"}"
+    if choice == 2:  # huge numbers
+        digits = draw(st.sampled_from([20, 309, 4300, 4301, 100_000]))
+        return json.dumps({**_GOOD, draw(st.sampled_from(["duration_s", "try_number", "metric_value"])): 0}
+                          ).replace(": 0", ": " + "9" * digits, 1).encode()
+    if choice == 3:  # a good line with hostile bytes spliced in
+        good = encode(task_event())
+        at = draw(st.integers(0, len(good)))
+        junk = draw(st.sampled_from([b"\xef\xbb\xbf", b"\r", b"\x00", b"\xff", b"\xed\xa0\x80", b"\\ud800",
+                                     b"\x00\x00\xfe\xff", b"\n"]))
+        return good[:at] + junk + good[at:]
+    if choice == 4:  # text in other encodings
+        return json.dumps(_GOOD).encode(draw(st.sampled_from(["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])))
+    return draw(st.binary(max_size=200))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(hostile_lines())
+def test_any_line_decodes_or_raises_contract_error(line: bytes) -> None:
+    """No line makes decode raise anything but ContractError; what it accepts encodes, within bounds, stably."""
+    try:
+        event = decode(line)
+    except ContractError:
+        return
+    again = encode(event)  # raises nothing: every string is encodable, every number finite
+    assert event == decode(again)
+    for name in ("emitted_at", "logical_date", "data_interval_start", "data_interval_end", "queued_at",
+                 "start_date", "end_date"):
+        value = getattr(event, name)
+        assert value is None or contract.EARLIEST <= value < contract.LATEST
+
+
+@pytest.mark.parametrize("line", [
+    _deep(100_000, b"[", b"]"),
+    b'{"attrs":' + _deep(100_000, b"[", b"]") + b"}",
+    json.dumps({**_GOOD, "duration_s": 0}).replace(": 0", ": " + "9" * 400, 1).encode(),
+    json.dumps({**_GOOD, "emitted_at": "0001-01-01T00:00:00+01:00"}).encode(),
+    json.dumps({**_GOOD, "error_message": "\udc00"}).encode(),  # ensure_ascii writes the escape "\\udc00"
+    json.dumps(_GOOD).encode("utf-16-be"),
+])
+def test_hostile_line_is_a_contract_error(line: bytes) -> None:
+    """Deep nesting, a number past float's range, a time past the calendar, a lone surrogate,
+    UTF-16 text: each is a ContractError."""
+    with pytest.raises(ContractError):
+        decode(line)
+
+
+@pytest.mark.parametrize(("when", "ok"), [
+    ("1850-01-01T00:00:00Z", False), ("1900-01-01T23:59:59.999999Z", False), ("1900-01-02T00:00:00Z", True),
+    ("1969-12-31T23:59:59Z", True), ("1970-01-01T00:00:00Z", False), ("1970-01-01T00:00:00.000001Z", True),
+    ("2262-04-12T00:00:00Z", True), ("2299-12-30T23:59:59.999999Z", True), ("2299-12-31T00:00:00Z", False),
+    ("9999-12-31T23:59:59Z", False),
+])
+@pytest.mark.parametrize("name", ["emitted_at", "start_date"])
+def test_times_within_what_the_warehouse_holds(when: str, ok: bool, name: str) -> None:
+    """Times are accepted exactly within [EARLIEST, LATEST) (emitted_at also not the epoch)."""
+    line = json.dumps({**_GOOD, name: when}).encode()
+    if ok or (name != "emitted_at" and when == "1970-01-01T00:00:00Z"):
+        assert decode(line)
+    else:
+        with pytest.raises(ContractError) as err:
+            decode(line)
+        assert name == err.value.field

@@ -118,6 +118,15 @@ def _set_retention(admin: Any, database: str, days: int) -> None:
         "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'events'",
         parameters={"db": database},
     ).result_rows
-    ttl = f"toDateTime(emitted_at) + toIntervalDay({days})"
-    if current and f"toIntervalDay({days})" not in current[0][0]:
-        admin.command(f"ALTER TABLE {database}.events MODIFY TTL {ttl}")
+    if current and ttl_expression(days) not in current[0][0]:
+        admin.command(f"ALTER TABLE {database}.events MODIFY TTL {ttl_expression(days)}")
+
+
+def ttl_expression(days: int) -> str:
+    """When a row of ``events`` expires: ``days`` after it arrived.
+
+    Counted from ingested_at, the server's clock at insert, never from emitted_at: an
+    event's own clock may be skewed by years, and converting its DateTime64 to the TTL's
+    DateTime wraps outside 1970..2106, which expired such rows at insert, silently.
+    """
+    return f"toDateTime(ingested_at) + toIntervalDay({days})"
