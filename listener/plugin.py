@@ -174,8 +174,8 @@ class BatchobsListener:
             if ti.end_date is None:
                 fields.update(end_date=None, duration_s=None)
             if (events := self.events) is not None:
-                _attempt("writing a reconciled event", lambda: events.write(
-                    contract.TASK_RECONCILED, state=state, emitted_at=now,
+                _attempt("writing a reconciled event", functools.partial(
+                    events.write, contract.TASK_RECONCILED, state=state, emitted_at=now,
                     attrs={"recorded_by": "scheduler"}, **fields))
             if not SKIP_HOOK and state == "skipped":
                 self._push_task(state, fields)
