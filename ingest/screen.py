@@ -99,7 +99,7 @@ def looks_clean(data: bytes, max_line: int, lines: int | None = None) -> bool:
     try:
         data.decode("utf-8")  # the decoder checks UTF-8 only in the strings it decodes
         return len(_DECODER.decode_lines(data)) == count
-    except (UnicodeDecodeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+    except Exception:  # noqa: BLE001 - DecodeError, UnicodeDecodeError or any surprise: the careful path decides
         return False
 
 
@@ -130,7 +130,19 @@ def lines_of(source: str, start: int, data: bytes) -> list[Line]:
 
 
 def validate(line: Line, max_line: int) -> bytes | DeadLetter:
-    """The canonical JSONEachRow row of a good line, or why it is bad."""
+    """The canonical JSONEachRow row of a good line, or why it is bad; never raises.
+
+    Whatever the decoding of one line raises (a nesting too deep for the parser, a
+    value no check foresaw) makes that line a dead letter naming the error: one line
+    can never stop the lines after it.
+    """
+    try:
+        return _validate(line, max_line)
+    except Exception as exc:  # noqa: BLE001 - any failure on one line is that line's dead letter
+        return DeadLetter.of(line, f"could not be decoded: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _validate(line: Line, max_line: int) -> bytes | DeadLetter:
     raw = line.raw
     if not raw.endswith(b"\n"):
         return DeadLetter.of(line, "truncated line: its writer stopped before the newline")
