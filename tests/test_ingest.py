@@ -251,6 +251,39 @@ class TestBatches:
         assert 2 == len(reasons)
         assert any("longer than 2048" in r for r in reasons) and any("truncated" in r for r in reasons)
 
+    def test_a_fragment_and_an_oversized_line_count_as_lines_read(self, database: ClickHouseSettings,
+                                                                   tmp_path: Path) -> None:
+        """Every line is counted once where it ends: lines read = events inserted + dead letters."""
+        spool = tmp_path / "spool"
+        good = [encode(e) for e in history(1)]
+        write_lines(spool, [good[0], line({**TASK, "error_message": "y" * 3000}), good[1]])
+        with open(next(spool.glob("*.jsonl")), "ab") as handle:
+            handle.write(good[2][:40])
+        metrics = ingest_once(database, spool, tmp_path / "state", max_line_bytes=2048).metrics
+        assert (4, 2, 2) == (metrics.events_read._value.get(), metrics.events_inserted._value.get(),
+                             metrics.dead_letters._value.get())
+
+
+class TestPoisonLines:
+    def test_a_line_the_decoder_cannot_survive_is_a_dead_letter_and_the_rest_goes_on(
+            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """100,000 '[' then 100,000 ']' (RecursionError in json) between good lines, in a chunk
+        the screen refuses: a dead letter naming the error at its position; every other line
+        lands; lines read = rows landed + dead letters, and events_inserted = rows landed."""
+        good = [encode(e) for e in history(1)]
+        poison = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+        lines = [*good[:7], poison, *good[7:]]
+        write_lines(tmp_path / "spool", lines)
+        ingester = ingest_once(database, tmp_path / "spool", tmp_path / "state")
+        ids, dead = stored(database)
+        at = len(b"".join(good[:7]))
+        assert {json.loads(g)["event_id"] for g in good} == ids
+        assert [at] == list(dead) and dead[at]
+        metrics = ingester.metrics
+        assert len(lines) == metrics.events_read._value.get() == len(ids) + len(dead)
+        assert len(ids) == metrics.events_inserted._value.get()
+        assert 1 == metrics.dead_letters._value.get()
+
 
 good_events = st.sampled_from(GOOD)
 mutations = st.one_of(
