@@ -170,6 +170,28 @@ class TestFilesChangingUnderTheReader:
         assert 1.0 == second.metrics.spool_files_changed.labels("replaced")._value.get()
         assert not path.exists()  # read to its end, finished: retired
 
+    def test_housekeeping_never_retires_a_file_other_than_the_one_read(self, database: ClickHouseSettings,
+                                                                        tmp_path: Path) -> None:
+        """Retiring runs between reads (while idle); a file replaced or shrunk since the last
+        read, now finished, is left for the next read, whatever its size."""
+        spool, state = tmp_path / "spool", tmp_path / "state"
+        spool.mkdir()
+        path = spool / self.name()
+        path.write_bytes(b"".join(EVENTS[:40]))
+        ing, _ = ingester(database, spool, state)
+        ing.run(once=True)
+        (spool / self.name().replace("000001", "000002")).write_bytes(b"")  # finished from now on
+        replacement = tmp_path / "replacement"
+        replacement.write_bytes(b"".join(EVENTS[40:57]))
+        os.replace(replacement, path)
+        ing._retire()  # the housekeeping step of an idle poll, before the next read
+        assert path.exists()
+        with open(path, "r+b") as handle:  # the same file shrunk: also kept
+            handle.truncate(len(EVENTS[40]))
+        ing.checkpoint.identities[path.name] = (path.stat().st_dev, path.stat().st_ino)
+        ing._retire()
+        assert path.exists()
+
     def test_an_active_file_truncated_is_read_again_from_its_start(self, database: ClickHouseSettings,
                                                                    tmp_path: Path) -> None:
         """An active file is truncated below the read position and its writer goes on
