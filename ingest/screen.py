@@ -37,6 +37,7 @@ RAW_LIMIT = 4096  # bytes of a bad line kept in dead_letters
 # A chunk the screen refuses is not necessarily bad: it just takes the line-by-line
 # path, where the contract decides.
 _STRICT_IN_CLICKHOUSE = ("String", "LowCardinality(String)", "UUID")
+_ABSENT = msgspec.Raw(b"null")
 
 
 def _json_type(ch_type: str) -> Any:
@@ -50,10 +51,14 @@ def _json_type(ch_type: str) -> Any:
     return base | None if nullable else base
 
 
+# Every column is named, so that a field the contract does not know is refused here:
+# ClickHouse matches a field to a column regardless of case ("queued_At" fills queued_at)
+# even with input_format_skip_unknown_fields=0.  The strict columns are kept raw (not decoded).
 _Row = msgspec.defstruct(
-    "_Row", [(name, _json_type(ch_type), msgspec.field(default=None)) for name, ch_type in COLUMNS.items()
-             if ch_type not in _STRICT_IN_CLICKHOUSE],
-    gc=False,  # rows hold scalars and a dict of strings: no cycles
+    "_Row", [(name, _json_type(ch_type), msgspec.field(default=None)) if ch_type not in _STRICT_IN_CLICKHOUSE
+             else (name, msgspec.Raw, msgspec.field(default=_ABSENT)) for name, ch_type in COLUMNS.items()],
+    forbid_unknown_fields=True,
+    gc=False,  # rows hold scalars, raw slices and a dict of strings: no cycles
 )
 _DECODER = msgspec.json.Decoder(_Row)
 

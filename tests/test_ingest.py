@@ -95,6 +95,7 @@ BAD_LINES = {
     "lone surrogate": line({**TASK, "error_message": "\udc00"}),  # json.dumps escapes it
     "missing emitted_at": line({k: v for k, v in TASK.items() if k != "emitted_at"}),
     "unknown field": line({**TASK, "surprise": 1}),
+    "field name in another case": line({("Operator" if k == "operator" else k): v for k, v in TASK.items()}),
     "not json": b"{not json\n",
     "invalid utf-8": b'{"kind":"\xff\xfe"}\n',
     "bom": b"\xef\xbb\xbf" + line(TASK),
