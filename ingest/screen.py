@@ -78,6 +78,13 @@ class DeadLetter:
     raw: bytes  # bounded to RAW_LIMIT
     raw_bytes: int  # the line's full length
 
+    def __post_init__(self) -> None:
+        # A reason quoting an exception may hold lone surrogates, which no client can send:
+        # the dead letter would be retried forever.  Escaped, it is stored.
+        for name in ("source", "reason"):
+            text = getattr(self, name)
+            object.__setattr__(self, name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
     @classmethod
     def of(cls, line: Line, reason: str, full_length: int | None = None) -> DeadLetter:
         return cls(line.source, line.position, reason, line.raw[:RAW_LIMIT],

@@ -66,7 +66,7 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
         return []
     for entry in entries:
         match = _NAME.match(entry.name)
-        if not match:
+        if not match or not _utf8(entry.name):
             skip(entry.name, "name", "not named as the listener names spool files (<host>-<pid>-<start>-<seq>.jsonl)")
             continue
         try:
@@ -83,6 +83,16 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
                                int(match["seq"]), int(match["pid"]), match["host"]))
     found.sort(key=lambda f: (f.writer, f.seq))
     return found
+
+
+def _utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (decoded to lone surrogates): no
+    listener writes one, and it could not be stored as a dead letter's source."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind_of(mode: int) -> str:

@@ -166,6 +166,16 @@ def test_screen_sends_only_what_the_contract_would_take() -> None:
     assert not looks_clean(clean + task[:-1], 4096)  # no newline at the end
 
 
+def test_a_dead_letter_is_always_storable() -> None:
+    """A reason quoting an exception with lone surrogates is escaped: a dead letter no client
+    could send would be retried forever."""
+    from ingest.screen import DeadLetter
+
+    letter = DeadLetter("f", 0, "could not be decoded: ValueError: \udcff", b"", 0)
+    assert "could not be decoded: ValueError: \\udcff" == letter.reason
+    letter.reason.encode("utf-8")
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 19, 20, 21, 50])
 def test_a_chunk_is_cut_after_exactly_n_lines(n: int) -> None:
     from ingest.spoolfiles import Chunk, SpoolFile

@@ -70,6 +70,8 @@ class TestOddEntries:
         (spool / f"{HOST}-1-3-000001.jsonl").symlink_to(spool / f"{HOST}-1-3-000001.jsonl")  # a loop
         os.mkfifo(spool / f"{HOST}-1-4-000001.jsonl")  # opening it would block
         (spool / "events.jsonl").write_bytes(b"".join(EVENTS[110:120]))  # not the listener's name
+        undecodable = os.fsdecode(b"h\xff-1-5-000001.jsonl")  # the listener's shape, not UTF-8
+        (spool / undecodable).write_bytes(b"".join(EVENTS[120:130]))
         write_lines(spool, EVENTS[:50])
         ing, log = ingester(database, spool, tmp_path / "state")
         ing.run(once=True)
@@ -77,8 +79,8 @@ class TestOddEntries:
         ids, dead = stored(database)
         assert ids_of(EVENTS[:50]) == ids and {} == dead
         warned = sorted(w["entry"] for w in log.warnings("spool directory entry skipped"))
-        assert sorted(["events.jsonl", *(f"{HOST}-1-{n}-000001.jsonl" for n in range(1, 5))]) == warned
-        assert (1.0, 4.0) == (skipped(ing, "name"), skipped(ing, "type"))
+        assert sorted(["events.jsonl", undecodable, *(f"{HOST}-1-{n}-000001.jsonl" for n in range(1, 5))]) == warned
+        assert (2.0, 4.0) == (skipped(ing, "name"), skipped(ing, "type"))
         assert (spool / f"{HOST}-1-2-000001.jsonl").is_symlink() and elsewhere.exists()  # nothing retired
 
     def test_an_unreadable_file_is_skipped_and_does_not_block_the_others(self, database: ClickHouseSettings,
