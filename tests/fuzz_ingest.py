@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A coverage-guided fuzz target (atheris) over the ingester's screen, decode and insert path.
 
 Each input becomes one finished spool file, ingested by a real ``Ingester`` into a real
@@ -21,8 +22,9 @@ tests/test_ingest_fuzz.py runs it for a bounded time and replays ``tests/fuzz_co
 (inputs found by longer runs) as regular tests.  A longer run by hand (it starts its own
 embedded server), keeping new inputs in the corpus, then shrinking the corpus:
 
-    .venv/bin/python tests/fuzz_ingest.py -max_total_time=900 tests/fuzz_corpus
-    .venv/bin/python tests/fuzz_ingest.py -merge=1 /tmp/min tests/fuzz_corpus  # then replace the corpus by /tmp/min
+    .venv/bin/python tests/fuzz_ingest.py -max_total_time=900 /tmp/found tests/fuzz_corpus
+    # libFuzzer's merge runs the script itself (its first argument): the venv's python first on PATH
+    PATH=$PWD/.venv/bin:$PATH tests/fuzz_ingest.py -merge=1 /tmp/min tests/fuzz_corpus /tmp/found
 """
 
 from __future__ import annotations

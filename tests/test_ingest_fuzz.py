@@ -26,7 +26,7 @@ from . import fuzz_ingest
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).with_name("fuzz_corpus")
 # Seconds of fuzzing in the normal test run (CI included); longer runs by hand, see tests/fuzz_ingest.py.
-FUZZ_SECONDS = int(os.environ.get("BATCHOBS_FUZZ_SECONDS", "40"))
+FUZZ_SECONDS = int(os.environ.get("BATCHOBS_FUZZ_SECONDS", "30"))
 
 
 @pytest.fixture(scope="module")
