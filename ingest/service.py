@@ -259,7 +259,7 @@ class Ingester:
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.batches.inc()
         self.metrics.events_inserted.inc(inserted)
-        self.metrics.dead_letters.inc(len(dead))
+        self.metrics.dead_letters.inc(len(dead) - len(lost))  # lines; a loss is counted in spool_files_changed
         if dead:
             self.log.warning("dead letters", count=len(dead), first_reason=dead[0].reason,
                              source=dead[0].source, position=dead[0].position)

@@ -216,6 +216,9 @@ class TestFilesChangingUnderTheReader:
         assert [read_to] == list(dead) and dead[read_to].startswith("spool file truncated")
         assert 1.0 == ing.metrics.spool_files_changed.labels("truncated")._value.get()
         assert 1 == len(log.warnings("spool file changed under the reader; reading it again from the start"))
+        metrics = ing.metrics  # the loss is not a line: lines read = landed + dead letters still
+        assert (60, 60, 0) == (metrics.events_read._value.get(), metrics.events_inserted._value.get(),
+                               metrics.dead_letters._value.get())
 
     def test_a_file_truncated_and_written_past_the_read_position_is_read_again(
             self, database: ClickHouseSettings, tmp_path: Path) -> None:
