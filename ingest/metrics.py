@@ -31,8 +31,8 @@ class IngestMetrics:
             registry=r)
         self.spool_files_changed = Counter(
             "batchobs_ingest_spool_files_changed",
-            "Spool files replaced, truncated or rewritten under the reader (each a dead letter of the range lost)", ["how"],
-            registry=r)
+            "Spool files replaced, truncated or rewritten under the reader (each a dead letter of the range lost)",
+            ["how"], registry=r)
         self.lag_bytes = Gauge("batchobs_ingest_lag_bytes", "Spool bytes not yet ingested", registry=r)
         self.lag_seconds = Gauge("batchobs_ingest_lag_seconds",
                                  "Age of the oldest spool file with bytes not yet ingested", registry=r)
