@@ -60,6 +60,9 @@ class Ingester:
         self._lag_at = 0.0
         self._seen_size: dict[str, int] = {}  # the largest size seen of each spool file
         self._skipped: dict[str, str] = {}  # entries of the spool directory skipped, and why (warned once)
+        # The last bytes read of each file and where they end: still there at the next read,
+        # or the file was rewritten under the reader.
+        self._last_read: dict[str, tuple[int, bytes]] = {}
 
     def attach(self, client: Any) -> None:
         """Use ``client`` (clickhouse-connect) for inserts from now on."""
@@ -148,6 +151,8 @@ class Ingester:
                 if chunk is None:
                     continue
                 chunk = chunk.first_lines(self.config.max_rows - rows)
+                if not chunk.lost and not chunk.oversize:  # (an oversized line's end is not in hand)
+                    self._last_read[file.name] = (chunk.end, chunk.data[-_LAST_READ:])
                 chunks.append(chunk)
                 taken[file.name] = 0 if chunk.lost else chunk.end  # a changed file is read again from 0
                 rows += max(1, chunk.lines)
@@ -171,10 +176,11 @@ class Ingester:
         """
         name = file.name
         offset = taken.get(name, self.checkpoint.offsets.get(name, 0))
+        end, last = self._last_read.get(name, (-1, b""))
         try:
             got = spoolfiles.read_chunk(file, offset, self.config.max_bytes - used, self.config.max_line_bytes,
                                         spoolfiles.finished(file, latest), self.checkpoint.identities.get(name),
-                                        self._seen_size.get(name, 0))
+                                        self._seen_size.get(name, 0), last if end == offset else b"")
         except OSError as exc:
             self._skip(name, "unreadable", f"cannot be read ({exc.strerror or exc})")
             return None
@@ -319,6 +325,9 @@ class Ingester:
         self.metrics.retries.inc()
         self.log.warning("warehouse unavailable, retrying", error=type(error).__name__,
                          detail=str(error)[:200], wait_s=round(wait_s, 2))
+
+
+_LAST_READ = 64  # bytes kept of what was read last from each file
 
 
 def _flag_of(chunk: Chunk) -> str:

@@ -205,12 +205,14 @@ def loss_reason(how: str, start: int, end: int) -> str:
 
 
 def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool,
-               identity: Identity | None = None, seen: int = 0) -> Chunk | Changed | None:
+               identity: Identity | None = None, seen: int = 0, before: bytes = b"") -> Chunk | Changed | None:
     """Up to ``max_bytes`` of complete lines from ``offset``, or None if nothing is ready.
 
     ``identity`` is the file read up to ``offset`` before (None: not known); a different
-    file under the name, or one shorter than ``offset``, is returned as ``Changed``.
-    ``seen`` is the largest size seen of it.  Raises OSError if the file cannot be read.
+    file under the name, one shorter than ``offset``, or one whose bytes just before
+    ``offset`` are not ``before`` (the last bytes read; a newline if not known) is returned
+    as ``Changed``.  ``seen`` is the largest size seen of it.  Raises OSError if the file
+    cannot be read.
     """
     try:
         fd = os.open(file.path, _OPEN_FLAGS)
@@ -229,8 +231,11 @@ def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_f
         if size == offset:
             return None
         if offset:
-            handle.seek(offset - 1)
-            if handle.read(1) != b"\n":  # every read position follows a newline, unless the file changed
+            # What was read last is still there (a read position follows a newline at least),
+            # unless the file was truncated and written again past the position.
+            expected = before if 0 < len(before) <= offset else b"\n"
+            handle.seek(offset - len(expected))
+            if handle.read(len(expected)) != expected:
                 return Changed(file, current, offset, max(offset, seen), size, "rewritten")
         chunk = _read(handle, file, offset, size, max_bytes, max_line, is_finished)
         return None if chunk is None else dataclasses.replace(chunk, identity=current, file_size=size)

@@ -242,3 +242,24 @@ class TestFilesChangingUnderTheReader:
         assert ids_of(EVENTS[:100]) == ids
         assert [read_to] == list(dead) and dead[read_to].startswith("spool file truncated and written again")
         assert 1.0 == ing.metrics.spool_files_changed.labels("rewritten")._value.get()
+
+    def test_a_rewrite_with_a_line_ending_at_the_read_position_is_still_seen(
+            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """Rewritten so that a newline happens to end where reading stopped: the last bytes
+        read are not there, so the change is still seen and the new file is read from 0."""
+        spool, state = tmp_path / "spool", tmp_path / "state"
+        spool.mkdir()
+        path = spool / self.name()
+        path.write_bytes(b"".join(EVENTS[:40]))
+        ing, _ = ingester(database, spool, state)
+        ing.run(once=True)
+        read_to = len(b"".join(EVENTS[:40]))
+        head = b"".join(EVENTS[40:70])
+        filler = b"#" * (read_to - len(head) - 1) + b"\n"  # a bad line ending exactly at read_to
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+            handle.write(head + filler + b"".join(EVENTS[70:100]))
+        ing.run(once=True)
+        ids, dead = stored(database)
+        assert ids_of(EVENTS[:100]) == ids
+        assert [len(head), read_to] == sorted(dead) and dead[read_to].startswith("spool file truncated and written")
