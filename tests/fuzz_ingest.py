@@ -195,7 +195,6 @@ class Target:
     """Ingests inputs into one database (emptied before each) and checks the invariant."""
 
     def __init__(self, settings: ClickHouseSettings, scratch: Path | None = None) -> None:
-        self.settings = settings
         self.client = settings.client(autogenerate_session_id=False)
         self.scratch = scratch or Path(tempfile.mkdtemp(prefix="batchobs-fuzz-"))
 
