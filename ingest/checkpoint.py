@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Checkpoint", "Range"]
+__all__ = ["LOST", "Checkpoint", "Range"]
+
+LOST = "lost:"  # flag prefix of a range lost to a change of its file (followed by how it changed)
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,13 @@ class Range:
     name: str  # spool file name
     start: int
     end: int
-    flag: str = ""  # "" complete lines | "tail" a finished file's fragment | "oversize" one huge line
+    # "" complete lines | "tail" a finished file's fragment | "oversize" one huge line |
+    # "lost:<how>" bytes of a file that changed under the reader (spoolfiles.CHANGES): reading restarts at 0
+    flag: str = ""
+
+    def after(self, position: int) -> int:
+        """The file's read position once this range has landed, from ``position`` before it."""
+        return 0 if self.flag.startswith(LOST) else max(position, self.end)
 
 
 class Checkpoint:
@@ -31,19 +39,23 @@ class Checkpoint:
         self.path = path
         self.offsets: dict[str, int] = {}
         self.pending: list[list[Range]] = []  # batches in flight, oldest first
+        # Which file (st_dev, st_ino) each offset is a position in: a file replaced under
+        # its name is told from the one read, also across restarts.
+        self.identities: dict[str, tuple[int, int]] = {}
         try:
             state = json.loads(path.read_text())
         except FileNotFoundError:
             return
         self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
         self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
+        self.identities = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("identities", {}).items()}
 
     def advance(self, landed: int, begun: list[Range] | None = None) -> None:
         """Commit the ``landed`` oldest pending batches (advance the read positions past
         them) and write down ``begun``, a batch about to be inserted: one save for both."""
         for batch in self.pending[:landed]:
             for r in batch:
-                self.offsets[r.name] = max(self.offsets.get(r.name, 0), r.end)
+                self.offsets[r.name] = r.after(self.offsets.get(r.name, 0))
         del self.pending[:landed]
         if begun:
             self.pending.append(list(begun))
@@ -52,13 +64,15 @@ class Checkpoint:
     def forget(self, names: list[str]) -> None:
         for name in names:
             self.offsets.pop(name, None)
+            self.identities.pop(name, None)
         self._save()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         pending = [[[r.name, r.start, r.end, r.flag] for r in batch] for batch in self.pending]
-        state = {"offsets": self.offsets, "pending": pending}
+        state = {"offsets": self.offsets, "pending": pending,
+                 "identities": {name: list(ident) for name, ident in self.identities.items()}}
         with open(tmp, "w") as handle:
             json.dump(state, handle)
             handle.flush()

@@ -25,6 +25,14 @@ class IngestMetrics:
         self.retries = Counter("batchobs_ingest_retries", "Insert attempts retried", registry=r)
         self.insert_seconds = Histogram("batchobs_ingest_insert_seconds", "Time to land one batch", registry=r,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.spool_entries_skipped = Counter(
+            "batchobs_ingest_spool_entries_skipped",
+            "Entries of the spool directory skipped (counted once per entry): why is a fixed word", ["why"],
+            registry=r)
+        self.spool_files_changed = Counter(
+            "batchobs_ingest_spool_files_changed",
+            "Spool files replaced, truncated or rewritten under the reader (each a dead letter of the range lost)",
+            ["how"], registry=r)
         self.lag_bytes = Gauge("batchobs_ingest_lag_bytes", "Spool bytes not yet ingested", registry=r)
         self.lag_seconds = Gauge("batchobs_ingest_lag_seconds",
                                  "Age of the oldest spool file with bytes not yet ingested", registry=r)
@@ -37,8 +45,8 @@ class IngestMetrics:
         behind, oldest = 0, None
         for file in spoolfiles.list_files(spool_dir):
             try:
-                stat = file.path.stat()
-            except FileNotFoundError:
+                stat = file.path.lstat()
+            except OSError:
                 continue
             unread = stat.st_size - offsets.get(file.name, 0)
             if unread > 0:

@@ -37,6 +37,7 @@ RAW_LIMIT = 4096  # bytes of a bad line kept in dead_letters
 # A chunk the screen refuses is not necessarily bad: it just takes the line-by-line
 # path, where the contract decides.
 _STRICT_IN_CLICKHOUSE = ("String", "LowCardinality(String)", "UUID")
+_ABSENT = msgspec.Raw(b"null")
 
 
 def _json_type(ch_type: str) -> Any:
@@ -50,10 +51,14 @@ def _json_type(ch_type: str) -> Any:
     return base | None if nullable else base
 
 
+# Every column is named, so that a field the contract does not know is refused here:
+# ClickHouse matches a field to a column regardless of case ("queued_At" fills queued_at)
+# even with input_format_skip_unknown_fields=0.  The strict columns are kept raw (not decoded).
 _Row = msgspec.defstruct(
-    "_Row", [(name, _json_type(ch_type), msgspec.field(default=None)) for name, ch_type in COLUMNS.items()
-             if ch_type not in _STRICT_IN_CLICKHOUSE],
-    gc=False,  # rows hold scalars and a dict of strings: no cycles
+    "_Row", [(name, _json_type(ch_type), msgspec.field(default=None)) if ch_type not in _STRICT_IN_CLICKHOUSE
+             else (name, msgspec.Raw, msgspec.field(default=_ABSENT)) for name, ch_type in COLUMNS.items()],
+    forbid_unknown_fields=True,
+    gc=False,  # rows hold scalars, raw slices and a dict of strings: no cycles
 )
 _DECODER = msgspec.json.Decoder(_Row)
 
@@ -72,6 +77,13 @@ class DeadLetter:
     reason: str
     raw: bytes  # bounded to RAW_LIMIT
     raw_bytes: int  # the line's full length
+
+    def __post_init__(self) -> None:
+        # A reason quoting an exception may hold lone surrogates, which no client can send:
+        # the dead letter would be retried forever.  Escaped, it is stored.
+        for name in ("source", "reason"):
+            text = getattr(self, name)
+            object.__setattr__(self, name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
     @classmethod
     def of(cls, line: Line, reason: str, full_length: int | None = None) -> DeadLetter:
@@ -99,7 +111,7 @@ def looks_clean(data: bytes, max_line: int, lines: int | None = None) -> bool:
     try:
         data.decode("utf-8")  # the decoder checks UTF-8 only in the strings it decodes
         return len(_DECODER.decode_lines(data)) == count
-    except (UnicodeDecodeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+    except Exception:  # noqa: BLE001 - DecodeError, UnicodeDecodeError or any surprise: the careful path decides
         return False
 
 
@@ -130,7 +142,19 @@ def lines_of(source: str, start: int, data: bytes) -> list[Line]:
 
 
 def validate(line: Line, max_line: int) -> bytes | DeadLetter:
-    """The canonical JSONEachRow row of a good line, or why it is bad."""
+    """The canonical JSONEachRow row of a good line, or why it is bad; never raises.
+
+    Whatever the decoding of one line raises (a nesting too deep for the parser, a
+    value no check foresaw) makes that line a dead letter naming the error: one line
+    can never stop the lines after it.
+    """
+    try:
+        return _validate(line, max_line)
+    except Exception as exc:  # noqa: BLE001 - any failure on one line is that line's dead letter
+        return DeadLetter.of(line, f"could not be decoded: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _validate(line: Line, max_line: int) -> bytes | DeadLetter:
     raw = line.raw
     if not raw.endswith(b"\n"):
         return DeadLetter.of(line, "truncated line: its writer stopped before the newline")

@@ -24,11 +24,11 @@ from typing import Any
 import structlog
 
 from . import spoolfiles
-from .checkpoint import Checkpoint, Range
+from .checkpoint import LOST, Checkpoint, Range
 from .config import IngestConfig
 from .metrics import IngestMetrics
 from .screen import DeadLetter, Line, lines_of, looks_clean, validate
-from .spoolfiles import Chunk
+from .spoolfiles import Chunk, SpoolFile
 from .writer import DataError, Writer, token_for
 
 __all__ = ["IngestConfig", "Ingester"]
@@ -58,6 +58,11 @@ class Ingester:
         self.attach(client)
         self.checkpoint = Checkpoint(config.state_dir / "checkpoint.json")
         self._lag_at = 0.0
+        self._seen_size: dict[str, int] = {}  # the largest size seen of each spool file
+        self._skipped: dict[str, str] = {}  # entries of the spool directory skipped, and why (warned once)
+        # The last bytes read of each file and where they end: still there at the next read,
+        # or the file was rewritten under the reader.
+        self._last_read: dict[str, tuple[int, bytes]] = {}
 
     def attach(self, client: Any) -> None:
         """Use ``client`` (clickhouse-connect) for inserts from now on."""
@@ -85,7 +90,7 @@ class Ingester:
                 ahead: dict[str, int] = {}
                 for landing_batch, _ in in_flight:
                     for r in landing_batch.ranges:
-                        ahead[r.name] = max(ahead.get(r.name, 0), r.end)
+                        ahead[r.name] = r.after(ahead.get(r.name, 0))
                 batch = self._prepare(self._collect(once, ahead))
                 # Collect what has landed, oldest first; wait for the oldest when the
                 # window is full (the new batch needs its place), or when nothing new
@@ -136,22 +141,22 @@ class Ingester:
         first_at: float | None = None
         taken: dict[str, int] = dict(ahead)
         while True:
-            files = spoolfiles.list_files(self.config.spool_dir)
+            files = spoolfiles.list_files(self.config.spool_dir, self._skip)
             latest = spoolfiles.latest_sequences(files)
             grew = False
             for file in files:
                 if rows >= self.config.max_rows or size >= self.config.max_bytes:
                     break
-                offset = taken.get(file.name, self.checkpoint.offsets.get(file.name, 0))
-                chunk = spoolfiles.read_chunk(file, offset, self.config.max_bytes - size,
-                                              self.config.max_line_bytes, spoolfiles.finished(file, latest))
+                chunk = self._next_chunk(file, taken, size, latest)
                 if chunk is None:
                     continue
                 chunk = chunk.first_lines(self.config.max_rows - rows)
+                if not chunk.lost and not chunk.oversize:  # (an oversized line's end is not in hand)
+                    self._last_read[file.name] = (chunk.end, chunk.data[-_LAST_READ:])
                 chunks.append(chunk)
-                taken[file.name] = chunk.end
+                taken[file.name] = 0 if chunk.lost else chunk.end  # a changed file is read again from 0
                 rows += max(1, chunk.lines)
-                size += chunk.end - chunk.start
+                size += 0 if chunk.lost else chunk.end - chunk.start
                 grew = True
             if not chunks:
                 return chunks
@@ -163,17 +168,62 @@ class Ingester:
             if not grew:
                 self.stop.wait(self.config.poll_s)
 
+    def _next_chunk(self, file: SpoolFile, taken: dict[str, int], used: int,
+                    latest: dict[str, int]) -> Chunk | None:
+        """The next chunk of ``file``, or the loss of a change under the reader, or None.
+
+        A file that cannot be read is skipped (with one warning): it never stops the others.
+        """
+        name = file.name
+        offset = taken.get(name, self.checkpoint.offsets.get(name, 0))
+        end, last = self._last_read.get(name, (-1, b""))
+        try:
+            got = spoolfiles.read_chunk(file, offset, self.config.max_bytes - used, self.config.max_line_bytes,
+                                        spoolfiles.finished(file, latest), self.checkpoint.identities.get(name),
+                                        self._seen_size.get(name, 0), last if end == offset else b"")
+        except OSError as exc:
+            self._skip(name, "unreadable", f"cannot be read ({exc.strerror or exc})")
+            return None
+        if isinstance(got, spoolfiles.Changed):
+            self.metrics.spool_files_changed.labels(got.how).inc()
+            self.log.warning("spool file changed under the reader; reading it again from the start",
+                             file=name, how=got.how, read_to=got.offset, seen_up_to=got.seen, size_now=got.size)
+            self.checkpoint.identities[name] = got.identity
+            self._seen_size[name] = got.size
+            return Chunk(file, got.offset, got.seen, b"", lost=got.how)
+        if got is not None:
+            assert got.identity is not None  # read_chunk sets it on every chunk it returns
+            self.checkpoint.identities[name] = got.identity  # saved with the batch about to begin
+            self._seen_size[name] = max(self._seen_size.get(name, 0), got.file_size)
+        return got
+
+    def _skip(self, name: str, why: str, detail: str) -> None:
+        """An entry of the spool directory is not read: say so once per entry, count it."""
+        if self._skipped.get(name) == why:
+            return
+        self._skipped[name] = why
+        self.metrics.spool_entries_skipped.labels(why).inc()
+        self.log.warning("spool directory entry skipped", entry=name, why=detail,
+                         fix="remove it, or give the ingester a regular, readable file named as the listener does")
+
     def _reread(self, ranges: list[Range]) -> list[Chunk]:
         files = {f.name: f for f in spoolfiles.list_files(self.config.spool_dir)}
         chunks = []
         for r in ranges:
             file = files.get(r.name)
+            if r.flag.startswith(LOST):  # a record of a loss: nothing to read
+                named = file or SpoolFile(self.config.spool_dir / r.name, "", 0, 0, "")
+                chunks.append(Chunk(named, r.start, r.end, b"", lost=r.flag[len(LOST):]))
+                continue
             if file is None:
                 continue  # removed after it was committed elsewhere: nothing to replay
-            with open(file.path, "rb") as handle:
-                handle.seek(r.start)
-                data = handle.read(min(r.end - r.start, self.config.max_line_bytes + 1)
-                                   if r.flag == "oversize" else r.end - r.start)
+            length = min(r.end - r.start, self.config.max_line_bytes + 1) if r.flag == "oversize" else r.end - r.start
+            try:
+                data = spoolfiles.read_range(file, r.start, length)
+            except OSError as exc:
+                self.log.warning("a batch in flight cannot be read again; committed as it is", file=r.name,
+                                 error=str(exc))
+                continue
             if r.flag == "oversize":
                 data = data[: self.config.max_line_bytes]
             chunks.append(Chunk(file, r.start, r.end, data, truncated_tail=r.flag == "tail",
@@ -183,9 +233,9 @@ class Ingester:
     # -- one batch ---------------------------------------------------------------
     def _prepare(self, chunks: list[Chunk]) -> Batch:
         """Name the batch and screen it (the CPU work, done while the previous one lands)."""
-        ranges = [Range(c.file.name, c.start, c.end, "tail" if c.truncated_tail else "oversize" if c.oversize else "")
-                  for c in chunks]
-        fast = all(not c.truncated_tail and not c.oversize and looks_clean(c.data, self.config.max_line_bytes, c.lines)
+        ranges = [Range(c.file.name, c.start, c.end, _flag_of(c)) for c in chunks]
+        fast = all(c.lost or (not c.truncated_tail and not c.oversize
+                              and looks_clean(c.data, self.config.max_line_bytes, c.lines))
                    for c in chunks)
         return Batch(chunks, ranges, token_for([(r.name, r.start, r.end) for r in ranges]), fast,
                      sum(c.lines for c in chunks))
@@ -194,16 +244,20 @@ class Ingester:
         """Insert one batch (its dead letters too); False if stopped before it landed."""
         self.metrics.events_read.inc(batch.lines)
         started = time.perf_counter()
-        dead: list[DeadLetter] = []
+        lost = [c for c in batch.chunks if c.lost]
+        lines = [c for c in batch.chunks if not c.lost]
+        dead = [DeadLetter(c.file.name, c.start, spoolfiles.loss_reason(c.lost, c.start, c.end), b"", c.end - c.start)
+                for c in lost]
         inserted, fast = batch.lines, batch.fast
         try:
-            if fast:
+            if fast and lines:
                 try:
-                    self.writer.insert_events(b"".join(c.data for c in batch.chunks), batch.token)
+                    self.writer.insert_events(b"".join(c.data for c in lines), batch.token)
                 except DataError:
                     fast = False
             if not fast:
-                inserted, dead = self._line_by_line(batch.chunks, batch.token)
+                inserted, refused = self._line_by_line(lines, batch.token)
+                dead += refused
             self.writer.insert_dead_letters(dead, token_for([batch.token, "dead"]))
         except InterruptedError:
             self.log.warning("stopped with a batch pending; it is replayed on the next start")
@@ -211,7 +265,7 @@ class Ingester:
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.batches.inc()
         self.metrics.events_inserted.inc(inserted)
-        self.metrics.dead_letters.inc(len(dead))
+        self.metrics.dead_letters.inc(len(dead) - len(lost))  # lines; a loss is counted in spool_files_changed
         if dead:
             self.log.warning("dead letters", count=len(dead), first_reason=dead[0].reason,
                              source=dead[0].source, position=dead[0].position)
@@ -242,13 +296,18 @@ class Ingester:
             return
         files = spoolfiles.list_files(self.config.spool_dir)
         latest = spoolfiles.latest_sequences(files)
+        in_flight = {r.name for batch in self.checkpoint.pending for r in batch}
         done = []
         for file in files:
             offset = self.checkpoint.offsets.get(file.name)
-            if offset is None or not spoolfiles.finished(file, latest):
+            if offset is None or file.name in in_flight or not spoolfiles.finished(file, latest):
                 continue
             try:
-                if file.path.stat().st_size > offset:
+                info = file.path.lstat()
+                known = self.checkpoint.identities.get(file.name)
+                # Only the very file read to its end: one shorter or another one under the
+                # name is read (and its change reported) before it may go.
+                if info.st_size != offset or (known is not None and known != (info.st_dev, info.st_ino)):
                     continue
                 if self.config.retention == "archive":
                     archive = self.config.state_dir / "archive"
@@ -266,6 +325,16 @@ class Ingester:
         self.metrics.retries.inc()
         self.log.warning("warehouse unavailable, retrying", error=type(error).__name__,
                          detail=str(error)[:200], wait_s=round(wait_s, 2))
+
+
+_LAST_READ = 64  # bytes kept of what was read last from each file
+
+
+def _flag_of(chunk: Chunk) -> str:
+    """The checkpoint's flag for a chunk's range (checkpoint.Range)."""
+    if chunk.lost:
+        return LOST + chunk.lost
+    return "tail" if chunk.truncated_tail else "oversize" if chunk.oversize else ""
 
 
 @contextmanager

@@ -5,13 +5,23 @@ A spool file is ``<host>-<pid>-<start>-<seq>.jsonl`` (listener/spool.py).  It is
 writer exists, or the writer (on this host) is gone.  Only complete lines (ending
 in a newline) are read from an active file; a finished file's trailing fragment is
 a line its writer died writing.
+
+The directory is read defensively: only regular files named as the listener names
+them are spool files.  Anything else (another name, a directory, a symlink, a FIFO)
+is reported through ``on_skip`` and never opened; symlinks are never followed, so a
+link to a file elsewhere cannot bring its lines in.  A file is opened once per read
+and checked on its open descriptor: still the same file (device and inode) as the one
+read before, not shorter than the read position, a line ending just before it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,10 +29,14 @@ from typing import BinaryIO
 
 from listener.spool import host_token
 
-__all__ = ["Chunk", "SpoolFile", "finished", "latest_sequences", "list_files", "read_chunk"]
+__all__ = ["CHANGES", "Changed", "Chunk", "Identity", "SpoolFile", "finished", "latest_sequences", "list_files",
+           "loss_reason", "read_chunk", "read_range"]
 
 _LOCAL_HOST = host_token(socket.gethostname())
 _NAME = re.compile(r"^(?P<host>[^-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<seq>\d+)\.jsonl$")
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO swapped in cannot hang
+
+Identity = tuple[int, int]  # (st_dev, st_ino): which file a name stands for
 
 
 @dataclass(frozen=True)
@@ -38,8 +52,13 @@ class SpoolFile:
         return self.path.name
 
 
-def list_files(directory: Path) -> list[SpoolFile]:
-    """Spool files in reading order (by writer, then sequence)."""
+def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None = None) -> list[SpoolFile]:
+    """Spool files in reading order (by writer, then sequence).
+
+    Every other entry is passed to ``on_skip(name, why, detail)`` (``why`` one word:
+    "name", "type", "unreadable"); none is followed or opened.
+    """
+    skip = on_skip or (lambda name, why, detail: None)
     found = []
     try:
         entries = list(os.scandir(directory))
@@ -47,11 +66,41 @@ def list_files(directory: Path) -> list[SpoolFile]:
         return []
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match and entry.is_file():
-            found.append(SpoolFile(Path(entry.path), f"{match['host']}-{match['pid']}-{match['start']}",
-                                   int(match["seq"]), int(match["pid"]), match["host"]))
+        if not match or not _utf8(entry.name):
+            skip(entry.name, "name", "not named as the listener names spool files (<host>-<pid>-<start>-<seq>.jsonl)")
+            continue
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue  # removed since the listing
+        except OSError as exc:
+            skip(entry.name, "unreadable", f"cannot be examined ({exc.strerror or exc})")
+            continue
+        if not stat.S_ISREG(mode):
+            skip(entry.name, "type", f"not a regular file but {_kind_of(mode)}: never followed or read")
+            continue
+        found.append(SpoolFile(Path(entry.path), f"{match['host']}-{match['pid']}-{match['start']}",
+                               int(match["seq"]), int(match["pid"]), match["host"]))
     found.sort(key=lambda f: (f.writer, f.seq))
     return found
+
+
+def _utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (decoded to lone surrogates): no
+    listener writes one, and it could not be stored as a dead letter's source."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "of an unknown type"
 
 
 def latest_sequences(files: list[SpoolFile]) -> dict[str, int]:
@@ -71,7 +120,7 @@ def finished(file: SpoolFile, latest: dict[str, int], hostname: str | None = Non
         return False  # another host's writer: wait for its next sequence
     try:
         os.kill(file.pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a pid no process can have
         return True
     except PermissionError:
         return False
@@ -88,15 +137,21 @@ class Chunk:
     data: bytes
     truncated_tail: bool = False  # data is a finished file's last fragment (no newline)
     oversize: bool = False  # data is the head of a line longer than the limit; end skips all of it
+    lost: str = ""  # not lines but a loss: why bytes [start, end) of the file were never read (data is empty)
+    identity: Identity | None = None  # the file read (device, inode)
+    file_size: int = 0  # its size when read
 
     @cached_property
     def lines(self) -> int:
-        """Complete lines in the chunk (counted once: chunks run to megabytes)."""
+        """Lines in the chunk (counted once: chunks run to megabytes); a fragment or an
+        oversized line is one line, a loss none."""
+        if self.truncated_tail or self.oversize:
+            return 1
         return self.data.count(b"\n")
 
     def first_lines(self, n: int) -> Chunk:
         """The chunk cut after its first ``n`` lines (itself if it has no more)."""
-        if self.truncated_tail or self.oversize or self.lines <= n:
+        if self.truncated_tail or self.oversize or self.lost or self.lines <= n:
             return self
         data = self.data
         # Guess where line n ends from the mean line length, count the newlines after
@@ -111,38 +166,108 @@ class Chunk:
             cut = guess - 1
             for _ in range(n - seen):
                 cut = data.find(b"\n", cut + 1)
-        head = Chunk(self.file, self.start, self.start + cut + 1, data[: cut + 1])
+        head = dataclasses.replace(self, end=self.start + cut + 1, data=data[: cut + 1])
         head.__dict__["lines"] = n  # known: no need to count megabytes again
         return head
 
 
-def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool) -> Chunk | None:
-    """Up to ``max_bytes`` of complete lines from ``offset``, or None if nothing is ready."""
+@dataclass(frozen=True)
+class Changed:
+    """The file under a name is not the one read up to ``offset``: replaced, or shrunk.
+
+    Its bytes from ``offset`` to ``seen`` (the largest size seen before; unknown bytes
+    may have followed) were never read.  Reading starts again at byte 0 of ``identity``.
+    """
+
+    file: SpoolFile
+    identity: Identity
+    offset: int
+    seen: int
+    size: int
+    how: str  # one of CHANGES
+
+    @property
+    def reason(self) -> str:
+        return loss_reason(self.how, self.offset, self.seen)
+
+
+CHANGES = {
+    "replaced": "spool file replaced by another file of the same name",
+    "truncated": "spool file truncated below the read position",
+    "rewritten": "spool file truncated and written again (no line ends at the read position)",
+}
+
+
+def loss_reason(how: str, start: int, end: int) -> str:
+    """The dead letter's reason for bytes [start, end) lost to a change of the file."""
+    return (f"{CHANGES.get(how, 'spool file changed under the reader')}: bytes {start}..{end} lost"
+            " (and any written after them before the change); read again from byte 0")
+
+
+def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool,
+               identity: Identity | None = None, seen: int = 0, before: bytes = b"") -> Chunk | Changed | None:
+    """Up to ``max_bytes`` of complete lines from ``offset``, or None if nothing is ready.
+
+    ``identity`` is the file read up to ``offset`` before (None: not known); a different
+    file under the name, one shorter than ``offset``, or one whose bytes just before
+    ``offset`` are not ``before`` (the last bytes read; a newline if not known) is returned
+    as ``Changed``.  ``seen`` is the largest size seen of it.  Raises OSError if the file
+    cannot be read.
+    """
     try:
-        size = file.path.stat().st_size
+        fd = os.open(file.path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
-    if size <= offset:
-        return None
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # swapped since the listing
+            raise OSError(f"{file.name} is no longer a regular file")
+        current = (info.st_dev, info.st_ino)
+        size = info.st_size
+        if offset and identity is not None and identity != current:
+            return Changed(file, current, offset, max(offset, seen), size, "replaced")
+        if size < offset:
+            return Changed(file, current, offset, max(offset, seen), size, "truncated")
+        if size == offset:
+            return None
+        if offset:
+            # What was read last is still there (a read position follows a newline at least),
+            # unless the file was truncated and written again past the position.
+            expected = before if 0 < len(before) <= offset else b"\n"
+            handle.seek(offset - len(expected))
+            if handle.read(len(expected)) != expected:
+                return Changed(file, current, offset, max(offset, seen), size, "rewritten")
+        chunk = _read(handle, file, offset, size, max_bytes, max_line, is_finished)
+        return None if chunk is None else dataclasses.replace(chunk, identity=current, file_size=size)
+
+
+def _read(handle: BinaryIO, file: SpoolFile, offset: int, size: int, max_bytes: int, max_line: int,
+          is_finished: bool) -> Chunk | None:
     want = min(size - offset, max(max_bytes, max_line + 1))
-    with open(file.path, "rb") as handle:
-        handle.seek(offset)
-        data = handle.read(want)
-        cut = data.rfind(b"\n")
-        if cut >= 0:
-            if len(data) > max_bytes:  # keep the chunk near max_bytes, always on a line boundary
-                within = data.rfind(b"\n", 0, max_bytes)
-                cut = within if within >= 0 else cut
-            return Chunk(file, offset, offset + cut + 1, data[: cut + 1])
-        if len(data) > max_line:
-            # No newline within the limit: one oversized line.  Skip to its end, keep its head.
-            end = _next_newline(handle, offset + len(data))
-            if end is None and not is_finished:
-                return None
-            return Chunk(file, offset, end if end is not None else size, data[:max_line], oversize=True)
+    handle.seek(offset)
+    data = handle.read(want)
+    cut = data.rfind(b"\n")
+    if cut >= 0:
+        if len(data) > max_bytes:  # keep the chunk near max_bytes, always on a line boundary
+            within = data.rfind(b"\n", 0, max_bytes)
+            cut = within if within >= 0 else cut
+        return Chunk(file, offset, offset + cut + 1, data[: cut + 1])
+    if len(data) > max_line:
+        # No newline within the limit: one oversized line.  Skip to its end, keep its head.
+        end = _next_newline(handle, offset + len(data))
+        if end is None and not is_finished:
+            return None
+        return Chunk(file, offset, end if end is not None else size, data[:max_line], oversize=True)
     if is_finished:
         return Chunk(file, offset, offset + len(data), data, truncated_tail=True)
     return None
+
+
+def read_range(file: SpoolFile, start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of ``file`` (a replay of a range read before); not following symlinks."""
+    with open(os.open(file.path, _OPEN_FLAGS), "rb") as handle:
+        handle.seek(start)
+        return handle.read(length)
 
 
 def _next_newline(handle: BinaryIO, position: int) -> int | None:

@@ -95,6 +95,7 @@ BAD_LINES = {
     "lone surrogate": line({**TASK, "error_message": "\udc00"}),  # json.dumps escapes it
     "missing emitted_at": line({k: v for k, v in TASK.items() if k != "emitted_at"}),
     "unknown field": line({**TASK, "surprise": 1}),
+    "field name in another case": line({("Operator" if k == "operator" else k): v for k, v in TASK.items()}),
     "not json": b"{not json\n",
     "invalid utf-8": b'{"kind":"\xff\xfe"}\n',
     "bom": b"\xef\xbb\xbf" + line(TASK),
@@ -165,6 +166,16 @@ def test_screen_sends_only_what_the_contract_would_take() -> None:
     assert not looks_clean(clean + task[:-1], 4096)  # no newline at the end
 
 
+def test_a_dead_letter_is_always_storable() -> None:
+    """A reason quoting an exception with lone surrogates is escaped: a dead letter no client
+    could send would be retried forever."""
+    from ingest.screen import DeadLetter
+
+    letter = DeadLetter("f", 0, "could not be decoded: ValueError: \udcff", b"", 0)
+    assert "could not be decoded: ValueError: \\udcff" == letter.reason
+    letter.reason.encode("utf-8")
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 19, 20, 21, 50])
 def test_a_chunk_is_cut_after_exactly_n_lines(n: int) -> None:
     from ingest.spoolfiles import Chunk, SpoolFile
@@ -203,7 +214,7 @@ class TestBatches:
         assert first.metrics.events_inserted._value.get() == n
         assert again.metrics.events_read._value.get() == n  # the two replayed, then the rest again
         state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
-        assert state == {"offsets": {name: len(b"".join(lines))}, "pending": []}
+        assert ({name: len(b"".join(lines))}, []) == (state["offsets"], state["pending"])
 
     def test_a_file_finished_while_idle_is_retired(self, database: ClickHouseSettings, tmp_path: Path) -> None:
         """The ingester has read a live writer's file to its end and is idle; when the writer
@@ -250,6 +261,39 @@ class TestBatches:
         reasons = sorted(dead.values())
         assert 2 == len(reasons)
         assert any("longer than 2048" in r for r in reasons) and any("truncated" in r for r in reasons)
+
+    def test_a_fragment_and_an_oversized_line_count_as_lines_read(self, database: ClickHouseSettings,
+                                                                   tmp_path: Path) -> None:
+        """Every line is counted once where it ends: lines read = events inserted + dead letters."""
+        spool = tmp_path / "spool"
+        good = [encode(e) for e in history(1)]
+        write_lines(spool, [good[0], line({**TASK, "error_message": "y" * 3000}), good[1]])
+        with open(next(spool.glob("*.jsonl")), "ab") as handle:
+            handle.write(good[2][:40])
+        metrics = ingest_once(database, spool, tmp_path / "state", max_line_bytes=2048).metrics
+        assert (4, 2, 2) == (metrics.events_read._value.get(), metrics.events_inserted._value.get(),
+                             metrics.dead_letters._value.get())
+
+
+class TestPoisonLines:
+    def test_a_line_the_decoder_cannot_survive_is_a_dead_letter_and_the_rest_goes_on(
+            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """100,000 '[' then 100,000 ']' (RecursionError in json) between good lines, in a chunk
+        the screen refuses: a dead letter naming the error at its position; every other line
+        lands; lines read = rows landed + dead letters, and events_inserted = rows landed."""
+        good = [encode(e) for e in history(1)]
+        poison = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+        lines = [*good[:7], poison, *good[7:]]
+        write_lines(tmp_path / "spool", lines)
+        ingester = ingest_once(database, tmp_path / "spool", tmp_path / "state")
+        ids, dead = stored(database)
+        at = len(b"".join(good[:7]))
+        assert {json.loads(g)["event_id"] for g in good} == ids
+        assert [at] == list(dead) and dead[at]
+        metrics = ingester.metrics
+        assert len(lines) == metrics.events_read._value.get() == len(ids) + len(dead)
+        assert len(ids) == metrics.events_inserted._value.get()
+        assert 1 == metrics.dead_letters._value.get()
 
 
 good_events = st.sampled_from(GOOD)
