@@ -43,6 +43,9 @@ class DirectoryLock:
         while self._held:
             os.close(self._held.pop())  # closing the descriptor drops its flock
 
+    def __del__(self) -> None:  # an owner dropped without close(): let the directories go
+        self.release()
+
 
 def _take(directory: Path) -> int:
     path = directory / LOCK_NAME
