@@ -25,12 +25,17 @@ class IngestConfig:
     retention: str = "delete"  # one of RETENTIONS
     poll_s: float = 0.05
     inserts_in_flight: int = 2  # batches inserted at once (each is one server insert)
+    # A refusal no retry can cure (wrong password, missing table) is asked again this
+    # often by a running service, in case a person has fixed it meanwhile.
+    rejected_retry_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_bytes < 1024 or self.max_line_bytes < 1024:
             raise ValueError("max_rows must be >= 1, max_bytes and max_line_bytes >= 1024")
         if self.inserts_in_flight < 1:
             raise ValueError(f"inserts_in_flight must be >= 1, got {self.inserts_in_flight}")
+        if self.rejected_retry_s <= 0:
+            raise ValueError(f"rejected_retry_s must be positive, got {self.rejected_retry_s}")
         if self.max_latency_s <= 0:
             raise ValueError(f"max_latency_s must be positive, got {self.max_latency_s}")
         if self.retention not in RETENTIONS:

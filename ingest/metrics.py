@@ -18,11 +18,14 @@ class IngestMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events_read = Counter("batchobs_ingest_events_read", "Spool lines read", registry=r)
-        self.events_inserted = Counter("batchobs_ingest_events_inserted", "Events acknowledged by ClickHouse",
-                                       registry=r)
+        self.events_inserted = Counter("batchobs_ingest_events_inserted",
+                                       "Event rows ClickHouse reported written", registry=r)
         self.dead_letters = Counter("batchobs_ingest_dead_letters", "Lines sent to dead_letters", registry=r)
         self.batches = Counter("batchobs_ingest_batches", "Batches committed", registry=r)
-        self.retries = Counter("batchobs_ingest_retries", "Insert attempts retried", registry=r)
+        self.retries = Counter("batchobs_ingest_retries",
+                               "Warehouse calls retried, by kind: unavailable (an outage, retried with "
+                               "backoff) or rejected (needs a person: wrong password, missing table, ...)",
+                               ["kind"], registry=r)
         self.insert_seconds = Histogram("batchobs_ingest_insert_seconds", "Time to land one batch", registry=r,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.spool_entries_skipped = Counter(

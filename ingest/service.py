@@ -26,10 +26,13 @@ import structlog
 from . import spoolfiles
 from .checkpoint import LOST, Checkpoint, Range
 from .config import IngestConfig
+from .errors import IngestError, WarehouseRejected
+from .lock import DirectoryLock
 from .metrics import IngestMetrics
+from .retry import Retry, Target
 from .screen import DeadLetter, Line, lines_of, looks_clean, validate
 from .spoolfiles import Chunk, SpoolFile
-from .writer import DataError, Writer, token_for
+from .writer import DataError, PartitionLimit, Writer, token_for
 
 __all__ = ["IngestConfig", "Ingester"]
 
@@ -44,18 +47,24 @@ class Batch:
 
 
 class Ingester:
+    """Owns its spool and state directories from construction until ``run()`` returns
+    or ``close()`` (SpoolLocked if another ingester owns either)."""
+
     def __init__(self, config: IngestConfig, client: Any, metrics: IngestMetrics | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, target: Target | None = None) -> None:
         self.config = config
+        # Before the checkpoint is read: it is only ever read and written by its owner.
+        self.lock = DirectoryLock([config.state_dir, config.spool_dir])
         self.metrics = metrics or IngestMetrics()
         self.stop = threading.Event()
+        self.rejected: WarehouseRejected | None = None  # why a run gave up (only with once)
         self.log = log or structlog.wrap_logger(
             structlog.PrintLogger(sys.stderr),
             processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
                         structlog.processors.JSONRenderer()],
             wrapper_class=structlog.BoundLogger, context_class=dict, cache_logger_on_first_use=False,
         )
-        self.attach(client)
+        self.attach(client, target)
         self.checkpoint = Checkpoint(config.state_dir / "checkpoint.json")
         self._lag_at = 0.0
         self._seen_size: dict[str, int] = {}  # the largest size seen of each spool file
@@ -64,9 +73,22 @@ class Ingester:
         # or the file was rewritten under the reader.
         self._last_read: dict[str, tuple[int, bytes]] = {}
 
-    def attach(self, client: Any) -> None:
-        """Use ``client`` (clickhouse-connect) for inserts from now on."""
-        self.writer = Writer(client, stop=self.stop, on_retry=self._on_retry)
+    def attach(self, client: Any, target: Target | None = None) -> None:
+        """Use ``client`` (clickhouse-connect) for inserts from now on; ``target`` names
+        where it points in messages."""
+        retry = Retry(target or Target.of_client(client), self.stop, self._on_retry,
+                      rejected_every_s=self.config.rejected_retry_s)
+        self.writer = Writer(client, retry)
+
+    def close(self) -> None:
+        """Give up the spool and state directories (another ingester may take them)."""
+        self.lock.release()
+
+    def __enter__(self) -> Ingester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the loop ----------------------------------------------------------------
     def run(self, once: bool = False, progress: Any = None) -> None:
@@ -76,7 +98,23 @@ class Ingester:
         inserted (the work is the server's; this process only waits on sockets), the
         next is read and screened.  Batches commit in the order they were read, so a
         read position never passes a batch that has not landed.
+
+        A refusal no retry can cure (WarehouseRejected) ends ``once`` at once; a running
+        service keeps asking, slowly, and logs why each time.
         """
+        if not self.lock.held:  # run again after an earlier run let the directories go
+            self.lock = DirectoryLock([self.config.state_dir, self.config.spool_dir])
+            self.checkpoint = Checkpoint(self.config.state_dir / "checkpoint.json")
+        self.writer.retry.give_up_rejected = once
+        self.rejected = None
+        try:
+            self._run(once, progress)
+        finally:
+            self.close()
+        if self.rejected is not None:
+            raise self.rejected
+
+    def _run(self, once: bool, progress: Any) -> None:
         for ranges in list(self.checkpoint.pending):
             self.log.info("replaying a batch that was in flight", ranges=len(ranges))
             replay = self._prepare(self._reread(ranges))
@@ -248,12 +286,13 @@ class Ingester:
         lines = [c for c in batch.chunks if not c.lost]
         dead = [DeadLetter(c.file.name, c.start, spoolfiles.loss_reason(c.lost, c.start, c.end), b"", c.end - c.start)
                 for c in lost]
-        inserted, fast = batch.lines, batch.fast
+        inserted, fast = 0, batch.fast
         try:
             if fast and lines:
                 try:
-                    self.writer.insert_events(b"".join(c.data for c in lines), batch.token)
-                except DataError:
+                    inserted = self.writer.insert_events(b"".join(c.data for c in lines), batch.token,
+                                                         sum(c.lines for c in lines))
+                except (DataError, PartitionLimit):  # cut down line by line
                     fast = False
             if not fast:
                 inserted, refused = self._line_by_line(lines, batch.token)
@@ -261,6 +300,10 @@ class Ingester:
             self.writer.insert_dead_letters(dead, token_for([batch.token, "dead"]))
         except InterruptedError:
             self.log.warning("stopped with a batch pending; it is replayed on the next start")
+            return False
+        except WarehouseRejected as exc:  # given up on (--once): every other insert stops too
+            self.rejected = exc
+            self.stop.set()
             return False
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.batches.inc()
@@ -286,8 +329,8 @@ class Ingester:
                     dead.append(result)
                 else:
                     good.append((line, result))
-        refused = self.writer.insert_rows(good, token_for([token, "validated"]))
-        return len(good) - len(refused), dead + refused
+        written, refused = self.writer.insert_rows(good, token_for([token, "validated"]))
+        return written, dead + refused
 
     # -- housekeeping --------------------------------------------------------------
     def _retire(self) -> None:
@@ -321,10 +364,17 @@ class Ingester:
         if done:
             self.checkpoint.forget(done)
 
-    def _on_retry(self, error: Exception, wait_s: float) -> None:
-        self.metrics.retries.inc()
-        self.log.warning("warehouse unavailable, retrying", error=type(error).__name__,
-                         detail=str(error)[:200], wait_s=round(wait_s, 2))
+    def _on_retry(self, error: IngestError, wait_s: float) -> None:
+        self.metrics.retries.labels(kind=retry_kind(error)).inc()
+        if isinstance(error, WarehouseRejected):
+            self.log.error(f"warehouse refused the insert: {error}", retry_in_s=round(wait_s, 2))
+        else:
+            self.log.warning("warehouse unavailable, retrying", detail=str(error)[:300], wait_s=round(wait_s, 2))
+
+
+def retry_kind(error: IngestError) -> str:
+    """The ``kind`` label of the retries metric."""
+    return "rejected" if isinstance(error, WarehouseRejected) else "unavailable"
 
 
 _LAST_READ = 64  # bytes kept of what was read last from each file
@@ -348,17 +398,54 @@ def stop_on_signals(ingester: Ingester) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def connect_when_ready(settings: Any, stop: threading.Event, log: Any) -> Any:
-    """A client once the warehouse answers; waits (with backoff) while it does not."""
-    wait = 0.2
-    while True:
-        try:
-            # On loopback, compressing costs this process more CPU than it saves in copying.
-            loopback = settings.host in ("127.0.0.1", "localhost", "::1")
-            return settings.client(compress=False if loopback else "lz4", autogenerate_session_id=False,
-                                   send_receive_timeout=120)
-        except Exception as exc:
-            log.warning("warehouse not reachable yet", url=settings.url, error=type(exc).__name__)
-            if stop.wait(wait):
-                raise InterruptedError("stopped before the warehouse answered") from exc
-            wait = min(30.0, wait * 2)
+def connect_when_ready(settings: Any, stop: threading.Event, log: Any, *, once: bool = False,
+                       schema_version: int | None = None, metrics: IngestMetrics | None = None,
+                       rejected_every_s: float = IngestConfig.rejected_retry_s) -> Any:
+    """A client once the warehouse answers and holds the tables the ingester writes.
+
+    Waits with backoff while it does not answer.  A refusal (wrong password, no such
+    database, not migrated up to ``schema_version``) raises WarehouseRejected with
+    ``once``; otherwise it is logged, with its fix, each time it is asked again (slowly).
+    """
+    target = Target.of(settings)
+
+    def told(error: IngestError, wait_s: float) -> None:
+        if metrics is not None:
+            metrics.retries.labels(kind=retry_kind(error)).inc()
+        if isinstance(error, WarehouseRejected):
+            log.error(f"warehouse refused the ingester: {error}", retry_in_s=round(wait_s, 2))
+        else:
+            log.warning("warehouse not reachable yet", url=settings.url, detail=str(error)[:300],
+                        wait_s=round(wait_s, 2))
+
+    def connect() -> Any:
+        # On loopback, compressing costs this process more CPU than it saves in copying.
+        loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+        client = settings.client(compress=False if loopback else "lz4", autogenerate_session_id=False,
+                                 send_receive_timeout=120)
+        check_schema(client, target, schema_version)
+        return client
+
+    retry = Retry(target, stop, told, rejected_every_s=rejected_every_s, give_up_rejected=once)
+    try:
+        return retry(connect)
+    except InterruptedError:
+        raise InterruptedError("stopped before the warehouse answered") from None
+
+
+def check_schema(client: Any, target: Target, schema_version: int | None) -> None:
+    """WarehouseRejected unless the database is migrated (to ``schema_version`` when given)."""
+    found = {row[0] for row in client.query(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN ('events', 'dead_letters', 'schema_migrations')").result_rows}
+    missing = [name for name in ("schema_migrations", "events", "dead_letters") if name not in found]
+    if missing:
+        raise WarehouseRejected(f"database {target.database!r} at {target.url} has no {missing[0]} table: "
+                                "run `batchobs warehouse migrate`")
+    if schema_version is not None:
+        applied = client.query("SELECT max(version) FROM schema_migrations").result_rows[0][0]
+        if int(applied or 0) < schema_version:
+            raise WarehouseRejected(
+                f"database {target.database!r} at {target.url} is migrated to version {applied or 0}, this "
+                f"ingester needs {schema_version}: run `batchobs warehouse migrate`")
+

@@ -239,9 +239,12 @@ def _migrate() -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from ingest.errors import IngestError
+    from ingest.retry import Target
     from ingest.service import Ingester, connect_when_ready, stop_on_signals
 
     from .connection import home_dir, resolve
+    from .migrate import migrations
 
     home = home_dir()
     config = IngestConfig(
@@ -251,18 +254,25 @@ def _ingest(args: argparse.Namespace) -> int:
         inserts_in_flight=args.inserts_in_flight,
     )
     settings = resolve()
-    ingester = Ingester(config, client=None)
-    with stop_on_signals(ingester):
-        try:
-            ingester.attach(connect_when_ready(settings, ingester.stop, ingester.log))
-        except InterruptedError:
-            return 0
-        port = args.metrics_port if args.metrics_port is not None else (None if args.once else 9465)
-        if port:
-            ingester.metrics.serve(port, args.metrics_host)
-        ingester.log.info("ingesting", spool=str(config.spool_dir), warehouse=settings.url, once=args.once)
-        with _progress(args.once, ingester) as advance:
-            ingester.run(once=args.once, progress=advance)
+    try:
+        ingester = Ingester(config, client=None)
+        with stop_on_signals(ingester):
+            port = args.metrics_port if args.metrics_port is not None else (None if args.once else 9465)
+            if port:  # served while waiting for the warehouse too: the retries metric says why
+                ingester.metrics.serve(port, args.metrics_host)
+            try:
+                client = connect_when_ready(settings, ingester.stop, ingester.log, once=args.once,
+                                            schema_version=migrations()[-1].version, metrics=ingester.metrics,
+                                            rejected_every_s=config.rejected_retry_s)
+            except InterruptedError:
+                return 0
+            ingester.attach(client, Target.of(settings))
+            ingester.log.info("ingesting", spool=str(config.spool_dir), warehouse=settings.url, once=args.once)
+            with _progress(args.once, ingester) as advance:
+                ingester.run(once=args.once, progress=advance)
+    except IngestError as exc:
+        print(f"batchobs ingest: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,7 +5,12 @@
     engine='MergeTree()',
     order_by='(dag_id, run_id, task_id, map_index)',
     partition_by='toYYYYMM(run_date)',
+    query_settings={'max_partitions_per_insert_block': 0},
 ) }}
+
+-- Partitioned by month of the run date (audit windows read few parts).  A backfill
+-- spans as many months as it likes, and one build inserts them all at once: the
+-- per-insert partition limit (100 by default, refused with TOO_MANY_PARTS) is lifted.
 
 -- depends_on: {{ ref('stg_airflow__event_arrivals') }}  (read by changed_runs when incremental)
 
