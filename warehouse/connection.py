@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .errors import WarehouseError
+
 __all__ = ["DATABASE", "ClickHouseSettings", "SettingsError", "connect", "home_dir"]
 
 DATABASE = "batchobs"
 
 
-class SettingsError(ValueError):
+class SettingsError(WarehouseError, ValueError):
     """A bad setting; the message names it and never contains a password."""
 
 

@@ -19,13 +19,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import WarehouseError
+
 __all__ = ["EmbeddedServer", "ServerStartError", "find_running", "start"]
 
 READY_FILE = "server.json"
 READY_PREFIX = "batchobs warehouse serving "
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(WarehouseError, RuntimeError):
     """The embedded server did not come up; carries the tail of its log."""
 
 

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
+from .errors import WarehouseError
+
 __all__ = ["Migration", "MigrationError", "apply", "migrations", "retention_days_from_env"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -23,7 +25,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_RETENTION_DAYS = 400
 
 
-class MigrationError(RuntimeError):
+class MigrationError(WarehouseError, RuntimeError):
     pass
 
 

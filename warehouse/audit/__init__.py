@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
+from ..errors import WarehouseError
 from .questions import QUESTIONS, Param, Question
 from .sources import EVENTS, MARTS, MODELS
 
@@ -22,7 +23,7 @@ __all__ = ["QUESTIONS", "Answer", "AuditError", "Param", "Question", "ask", "mar
 DEFAULT_WINDOW = timedelta(days=7)
 
 
-class AuditError(ValueError):
+class AuditError(WarehouseError, ValueError):
     """A question asked with a missing or malformed parameter."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from ..errors import WarehouseError
 from .engine import Engine
 from .http import ClickHouseHTTPServer
 
@@ -22,7 +23,7 @@ log = logging.getLogger("batchobs.warehouse.server")
 LOCK_NAME = ".batchobs-server.lock"
 
 
-class DataDirInUse(RuntimeError):
+class DataDirInUse(WarehouseError, RuntimeError):
     """Another process already serves this data directory."""
 
 
