@@ -269,11 +269,18 @@ class Ingester:
 
 
 @contextmanager
-def stop_on_signals(ingester: Ingester) -> Iterator[None]:
-    """SIGTERM / SIGINT: finish the batch in hand, checkpoint, exit."""
-    previous = {sig: signal.signal(sig, lambda *_: ingester.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+def stop_on_signals(ingester: Ingester) -> Iterator[list[int]]:
+    """SIGTERM / SIGINT: finish the batch in hand, checkpoint, exit.  Yields the signals
+    received, so that the caller can tell a stop from a finished drain."""
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        ingester.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -59,8 +59,12 @@ def ask(client: Any, name: str, params: Mapping[str, Any], marts: str, source: s
         relations = EVENTS
     else:
         raise AuditError(f"source must be auto, marts or events, not {source!r}")
-    result = client.query(f"WITH {relations} {question.sql}", parameters=bound)
-    return Answer(name, source, tuple(result.column_names), list(result.result_rows))
+    sql = f"WITH {relations} {question.sql}"
+    result = client.query(sql, parameters=bound)
+    columns = tuple(result.column_names)
+    if not columns:  # over HTTP an empty result comes without a block, so without names
+        columns = tuple(row[0] for row in client.query(f"DESCRIBE ({sql})", parameters=bound).result_rows)
+    return Answer(name, source, columns, list(result.result_rows))
 
 
 def _bind(question: Question, given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
