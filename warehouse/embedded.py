@@ -100,16 +100,21 @@ def start(
             start_new_session=detach, env=env,
         )
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerStartError(
-                f"embedded warehouse exited with {proc.returncode}: {_tail(log_path)}"
-            )
-        running = find_running(data_dir)
-        if running is not None and running.pid == proc.pid:
-            running.process = proc
-            return running
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerStartError(
+                    f"embedded warehouse exited with {proc.returncode}: {_tail(log_path)}"
+                )
+            running = find_running(data_dir)
+            if running is not None and running.pid == proc.pid:
+                running.process = proc
+                return running
+            time.sleep(0.05)
+    except BaseException:  # interrupted while waiting: a server nobody holds must not stay behind
+        proc.kill()
+        proc.wait()
+        raise
     proc.kill()
     raise ServerStartError(f"embedded warehouse did not answer within {timeout_s:g}s: {_tail(log_path)}")
 

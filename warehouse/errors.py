@@ -8,8 +8,20 @@ an exit code, in one place.
 
 from __future__ import annotations
 
-__all__ = ["WarehouseError"]
+__all__ = ["Interrupted", "WarehouseError"]
 
 
 class WarehouseError(Exception):
     """A warehouse failure a person can act on; the message says what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by a signal (SIGINT or SIGTERM) before the work was done.
+
+    A ``KeyboardInterrupt``, so that it unwinds through ``except Exception`` and every
+    ``finally`` on the way out; the command line exits with 128 + ``signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
