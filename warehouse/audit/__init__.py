@@ -8,6 +8,7 @@ source (the dbt marts when built, else raw events) and returns the rows;
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,7 +125,10 @@ def render(answer: Answer, fmt: str, out: IO[str]) -> None:
             table.add_column(column)
         for row in answer.rows:
             table.add_row(*(_text(v) for v in row))
-        Console(file=out, width=200).print(table)
+        # Drawn into a buffer: rich handles a closed pipe itself (exit 1), the CLI does it for all formats.
+        text = io.StringIO()
+        Console(file=text, width=200, force_terminal=out.isatty()).print(table)
+        out.write(text.getvalue())
         if not answer.rows:
             out.write("no rows\n")
     else:
