@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from warehouse.cli import main
 from warehouse.connection import ClickHouseSettings
 
 from .conftest import product_settings
@@ -146,16 +145,13 @@ class TestLocalFailures:
         ["warehouse", "serve", "--data-dir", "unused", "--port", "-1"],
         ["warehouse", "serve", "--data-dir", "unused", "--max-concurrent-queries", "0"],
     ])
-    def test_out_of_range_values_are_usage_errors(self, argv: list[str], monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_out_of_range_values_are_usage_errors(self, argv: list[str], tmp_path: Path) -> None:
         """A value out of its range is refused by the parser, naming the option and the range (exit 2)."""
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("BATCHOBS_CLICKHOUSE_URL", "http://127.0.0.1:1/")  # nothing is started if it is not
-        with pytest.raises(SystemExit) as stop:
-            main(argv)
-        assert 2 == stop.value.code
+        done = batchobs(tmp_path, *argv, "--once" if argv[0] == "ingest" else "--help",
+                        env=cli_env(tmp_path, BATCHOBS_CLICKHOUSE_URL="http://127.0.0.1:1/"))
+        assert 2 == done.returncode, done.stderr
         option = next(a for a in argv if a.startswith("--") and a != "--data-dir")
-        assert f"argument {option}: must be" in capsys.readouterr().err
+        assert f"argument {option}: must be" in done.stderr.splitlines()[-1]
 
     def test_metrics_port_in_use(self, tmp_path: Path, database: ClickHouseSettings) -> None:
         """`ingest --metrics-port P` with P taken: one line naming the port and the fix, exit 1."""
