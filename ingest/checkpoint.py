@@ -15,9 +15,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LOST", "Checkpoint", "Range"]
+from .errors import IngestError
+
+__all__ = ["LOST", "Checkpoint", "CheckpointError", "Range"]
 
 LOST = "lost:"  # flag prefix of a range lost to a change of its file (followed by how it changed)
+
+
+class CheckpointError(IngestError):
+    """The checkpoint file cannot be read; the message names it and what to do."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,14 @@ class Checkpoint:
             state = json.loads(path.read_text())
         except FileNotFoundError:
             return
-        self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
-        self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
-        self.identities = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("identities", {}).items()}
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+            raise _corrupt(path, exc) from None
+        try:
+            self.offsets = {str(k): int(v) for k, v in state.get("offsets", {}).items()}
+            self.pending = [[Range(*r) for r in batch] for batch in state.get("pending", [])]
+            self.identities = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("identities", {}).items()}
+        except (AttributeError, TypeError, ValueError) as exc:  # JSON, but not a checkpoint's shape
+            raise _corrupt(path, exc) from None
 
     def advance(self, landed: int, begun: list[Range] | None = None) -> None:
         """Commit the ``landed`` oldest pending batches (advance the read positions past
@@ -83,3 +94,11 @@ class Checkpoint:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _corrupt(path: Path, exc: Exception) -> CheckpointError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return CheckpointError(
+        f"checkpoint {path} cannot be read ({reason}); restore it from a backup, or move it aside "
+        "to read the spool again from the start (replayed events are deduplicated by their id)"
+    )

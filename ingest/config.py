@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RETENTIONS", "IngestConfig"]
+__all__ = ["MIN_BUFFER_BYTES", "RETENTIONS", "IngestConfig"]
 
 RETENTIONS = ("delete", "archive", "keep")  # what happens to a fully ingested spool file
+MIN_BUFFER_BYTES = 1024  # the smallest batch and line size limits
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class IngestConfig:
     rejected_retry_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_bytes < 1024 or self.max_line_bytes < 1024:
-            raise ValueError("max_rows must be >= 1, max_bytes and max_line_bytes >= 1024")
+        if self.max_rows < 1 or self.max_bytes < MIN_BUFFER_BYTES or self.max_line_bytes < MIN_BUFFER_BYTES:
+            raise ValueError(f"max_rows must be >= 1, max_bytes and max_line_bytes >= {MIN_BUFFER_BYTES}")
         if self.inserts_in_flight < 1:
             raise ValueError(f"inserts_in_flight must be >= 1, got {self.inserts_in_flight}")
         if self.rejected_retry_s <= 0:

@@ -388,11 +388,18 @@ def _flag_of(chunk: Chunk) -> str:
 
 
 @contextmanager
-def stop_on_signals(ingester: Ingester) -> Iterator[None]:
-    """SIGTERM / SIGINT: finish the batch in hand, checkpoint, exit."""
-    previous = {sig: signal.signal(sig, lambda *_: ingester.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+def stop_on_signals(ingester: Ingester) -> Iterator[list[int]]:
+    """SIGTERM / SIGINT: finish the batch in hand, checkpoint, exit.  Yields the signals
+    received, so that the caller can tell a stop from a finished drain."""
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        ingester.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -421,8 +428,7 @@ def connect_when_ready(settings: Any, stop: threading.Event, log: Any, *, once: 
     def connect() -> Any:
         # On loopback, compressing costs this process more CPU than it saves in copying.
         loopback = settings.host in ("127.0.0.1", "localhost", "::1")
-        client = settings.client(compress=False if loopback else "lz4", autogenerate_session_id=False,
-                                 send_receive_timeout=120)
+        client = settings.client(compress=False if loopback else "lz4", autogenerate_session_id=False)
         check_schema(client, target, schema_version)
         return client
 

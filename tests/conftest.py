@@ -1,8 +1,13 @@
-"""Shared fixtures: which ClickHouse the warehouse tests run against.
+"""Shared fixtures: a clean environment, and which ClickHouse the warehouse tests run against.
 
-Order: ``BATCHOBS_TEST_CLICKHOUSE_URL`` if set; else a testcontainers
-ClickHouse if a Docker daemon answers; else the embedded server (chDB behind
-ClickHouse's HTTP interface), started once per session on loopback.
+Tests start from an environment without the caller's ``BATCHOBS_*`` settings (an
+operator's ``BATCHOBS_SERVE_PASSWORD`` or ``BATCHOBS_CLICKHOUSE_URL`` must not change
+what a test sees); only the suite's own ``BATCHOBS_TEST_*`` knobs pass through, and
+``BATCHOBS_HOME`` points into the session's temporary directory.
+
+ClickHouse, in this order: ``BATCHOBS_TEST_CLICKHOUSE_URL`` if set; else a
+testcontainers ClickHouse if a Docker daemon answers; else the embedded server
+(chDB behind ClickHouse's HTTP interface), started once per session on loopback.
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ from warehouse.migrate import apply
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
+
+
+def product_settings(env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """The names of batchobs' own settings in ``env`` (not the test suite's ``BATCHOBS_TEST_*``)."""
+    return [k for k in env if k.startswith("BATCHOBS_") and not k.startswith("BATCHOBS_TEST_")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The caller's BATCHOBS_* settings removed for the session (and so for every child process)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in product_settings(os.environ):
+            patch.delenv(name)
+        patch.setenv("BATCHOBS_HOME", str(tmp_path_factory.mktemp("batchobs-home")))
+        yield
 
 
 def _docker_answers() -> bool:

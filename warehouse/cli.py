@@ -1,4 +1,11 @@
-"""The ``batchobs`` command line."""
+"""The ``batchobs`` command line.
+
+Every failure ends in one line on stderr, ``batchobs: <problem>; <fix>``, and an exit
+code; ``--debug`` (or ``BATCHOBS_DEBUG=1``) adds the traceback.  Exit codes: 0 done;
+1 failed; 2 bad usage; 3 the warehouse server could not start; 128 + the signal's
+number when stopped by SIGINT (130) or SIGTERM (143) before the work was done (a
+service stopped by SIGTERM exits 0); 141 when stdout was closed early (``| head``).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +13,66 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import math
 import os
+import re
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingest.config import RETENTIONS, IngestConfig
+from ingest.config import MIN_BUFFER_BYTES, RETENTIONS, IngestConfig
+from ingest.errors import IngestError
+
+from .errors import WarehouseError
 
 if TYPE_CHECKING:
     from ingest.service import Ingester
 
     from .audit import Question
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "main"]
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool cut off by `| head`
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text!r}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+_PORT = _whole(0, 65535)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchobs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="batchobs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a failure (also BATCHOBS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     wh = sub.add_parser("warehouse", help="the ClickHouse warehouse").add_subparsers(
@@ -33,17 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = wh.add_parser("serve", help="serve a chDB data directory over ClickHouse's HTTP interface")
     serve.add_argument("--data-dir", required=True, type=Path)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", default=8123, type=int, help="0 picks a free port (default 8123)")
+    serve.add_argument("--port", default=8123, type=_PORT, help="0 picks a free port (default 8123)")
     serve.add_argument("--user", default="default")
     serve.add_argument(
         "--password-env", default="BATCHOBS_SERVE_PASSWORD", metavar="VAR",
         help="environment variable overriding the password (default BATCHOBS_SERVE_PASSWORD); unset: the "
         "password generated in DATA_DIR/password; empty: no password, allowed on loopback only",
     )
-    serve.add_argument("--max-concurrent-queries", default=16, type=int)
-    serve.add_argument("--max-connections", default=256, type=int,
+    serve.add_argument("--max-concurrent-queries", default=16, type=_whole(1))
+    serve.add_argument("--max-connections", default=256, type=_whole(1),
                        help="open connections; at the limit the longest-waiting one without a query is closed")
-    serve.add_argument("--max-sessions", default=64, type=int)
+    serve.add_argument("--max-sessions", default=64, type=_whole(1))
     serve.add_argument("--read-timeout", default=30.0, type=float, help="seconds one read of a request may wait")
     serve.add_argument("--queue-timeout", default=10.0, type=float,
                        help="seconds a query waits for a free slot before failing")
@@ -55,17 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--once", action="store_true", help="drain what is there, then exit")
     ingest.add_argument("--spool-dir", type=Path, help="default $BATCHOBS_SPOOL_DIR or $BATCHOBS_HOME/spool")
     ingest.add_argument("--state-dir", type=Path, help="checkpoint and archive (default $BATCHOBS_HOME/ingest)")
-    ingest.add_argument("--batch-rows", type=int, default=IngestConfig.max_rows)
-    ingest.add_argument("--batch-bytes", type=int, default=IngestConfig.max_bytes)
-    ingest.add_argument("--max-latency", type=float, default=IngestConfig.max_latency_s,
+    ingest.add_argument("--batch-rows", type=_whole(1), default=IngestConfig.max_rows)
+    ingest.add_argument("--batch-bytes", type=_whole(MIN_BUFFER_BYTES), default=IngestConfig.max_bytes)
+    ingest.add_argument("--max-latency", type=_seconds, default=IngestConfig.max_latency_s,
                         help="seconds a line may wait for its batch")
-    ingest.add_argument("--max-line-bytes", type=int, default=IngestConfig.max_line_bytes)
-    ingest.add_argument("--inserts-in-flight", type=int, default=IngestConfig.inserts_in_flight,
+    ingest.add_argument("--max-line-bytes", type=_whole(MIN_BUFFER_BYTES), default=IngestConfig.max_line_bytes)
+    ingest.add_argument("--inserts-in-flight", type=_whole(1), default=IngestConfig.inserts_in_flight,
                         help="batches being inserted at once (committed in order)")
     ingest.add_argument("--retention", choices=RETENTIONS, default=IngestConfig.retention,
                         help="what to do with fully ingested spool files")
-    ingest.add_argument("--metrics-port", type=int, default=None,
-                        help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once)")
+    ingest.add_argument("--metrics-port", type=_PORT, default=None,
+                        help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once; 0: none)")
     ingest.add_argument("--metrics-host", default="127.0.0.1")
 
     dbt = sub.add_parser("dbt", help="run dbt on the project in dbt/ against the configured warehouse",
@@ -85,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="auto: the dbt marts when built, else raw events")
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
-    demo.add_argument("--runs", default=3, type=int, help="runs of the sample DAG in Airflow")
+    demo.add_argument("--runs", default=3, type=_whole(1), help="runs of the sample DAG in Airflow")
     return parser
 
 
@@ -110,7 +158,8 @@ _COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
 def _missing_extra(command: str, env: Mapping[str, str] = os.environ) -> str | None:
     """One line naming the extra to install when ``command`` cannot import what it needs."""
     needed = list(_COMMAND_EXTRAS.get(command, ()))
-    if command not in ("warehouse serve", "warehouse stop", "demo") and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
+    local = command in ("warehouse serve", "warehouse stop", "demo")
+    if not local and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
         needed.append("embedded")  # no warehouse configured: the command starts the embedded one
     for extra in needed:
         for module in EXTRA_MODULES[extra]:
@@ -125,13 +174,41 @@ def _missing_extra(command: str, env: Mapping[str, str] = os.environ) -> str | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is mapped to one line on stderr and an exit code here."""
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("BATCHOBS_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
     logging.basicConfig(level=os.environ.get("BATCHOBS_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     missing = _missing_extra(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
     if missing:
         print(missing, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if not debug:  # the drivers log each failure with its traceback; the one line below says it
+        # (a filter on the handler: clickhouse_connect sets urllib3's level when imported)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not record.name.startswith(("urllib3", "clickhouse_connect")))
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # Whoever read stdout (`| head`) has all it wanted; Python's own flush at exit
+        # would fail again on the same pipe, so point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt as exc:  # SIGINT, or a signal turned into Interrupted
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"batchobs: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    except Exception as exc:  # noqa: BLE001 - the one place failures become a line and a code
+        if debug:
+            traceback.print_exc()
+        code, problem = _failure(exc)
+        print(f"batchobs: {_one_line(problem)}", file=sys.stderr)
+        return code
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "warehouse" and args.action == "serve":
         return _serve(args)
     if args.command == "warehouse" and args.action == "stop":
@@ -149,6 +226,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(runs=args.runs)
     return 2
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit code and the line for a failure: what went wrong and what to do."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    from .audit import AuditError
+
+    if isinstance(exc, AuditError):
+        return EXIT_USAGE, f"{exc}; see `batchobs audit --help`"
+    if isinstance(exc, (WarehouseError, IngestError)):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, OperationalError) and not getattr(exc, "code", None):  # no answer at all
+        return EXIT_FAILED, _unreachable(str(exc))
+    if isinstance(exc, DatabaseError):  # the server answered with an error
+        return EXIT_FAILED, _refused(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return EXIT_FAILED, f"{exc.strerror or exc}{where}; check the path, its permissions and free space"
+    return EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}; run again with --debug and report the traceback"
+
+
+def _unreachable(message: str) -> str:
+    url = re.search(r"\((https?://[^()\s]+)\)\s*$", message)
+    where = re.sub(r"//[^@/]*@", "//", url.group(1)) if url else "the configured address"  # no credentials
+    errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", message)
+    reason = "no answer in time" if "timed out" in message else errno.group(1) if errno else "no answer"
+    return (f"the warehouse at {where} cannot be reached ({reason}); check that it is running and that "
+            "BATCHOBS_CLICKHOUSE_URL points at it (time limits: BATCHOBS_CLICKHOUSE_CONNECT_TIMEOUT_S, "
+            "BATCHOBS_CLICKHOUSE_QUERY_TIMEOUT_S)")
+
+
+# ClickHouse error codes a person can fix, and the fix.
+_FIXES = {
+    516: "check the user and password in BATCHOBS_CLICKHOUSE_URL",  # AUTHENTICATION_FAILED
+    81: "run `batchobs warehouse migrate`",  # UNKNOWN_DATABASE
+    60: "run `batchobs warehouse migrate` (and `batchobs dbt build` for the marts)",  # UNKNOWN_TABLE
+    497: "grant the user what batchobs needs, or use another user",  # ACCESS_DENIED
+    159: "raise BATCHOBS_CLICKHOUSE_QUERY_TIMEOUT_S or narrow the question",  # TIMEOUT_EXCEEDED
+}
+
+
+def _refused(exc: Exception) -> str:
+    code = getattr(exc, "code", None)
+    detail = re.search(r"DB::Exception: (.*?)(?: \(version [^)]*\))?(?:\. \(|$)", str(exc), re.S)
+    said = detail.group(1) if detail else str(exc)
+    fix = _FIXES.get(code or 0, "see the warehouse's log; run again with --debug for the full error")
+    return f"the warehouse refused the request (code {code}): {said[:300]}; {fix}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
 
 
 def _audit_questions() -> dict[str, Question]:
@@ -169,18 +298,14 @@ def _dbt(dbt_args: list[str]) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import AuditError, ask, render
+    from .audit import ask, render
     from .connection import resolve
     from .transform import marts_database
 
     settings = resolve()
     question = _audit_questions()[args.question]
     params = {p.name: getattr(args, p.name) for p in question.params}
-    try:
-        answer = ask(settings.client(), args.question, params, marts_database(settings), args.source)
-    except AuditError as exc:
-        print(f"batchobs audit: {exc}", file=sys.stderr)
-        return 2
+    answer = ask(settings.client(), args.question, params, marts_database(settings), args.source)
     render(answer, args.format, sys.stdout)
     return 0
 
@@ -254,26 +379,31 @@ def _ingest(args: argparse.Namespace) -> int:
         inserts_in_flight=args.inserts_in_flight,
     )
     settings = resolve()
-    try:
-        ingester = Ingester(config, client=None)
-        with stop_on_signals(ingester):
-            port = args.metrics_port if args.metrics_port is not None else (None if args.once else 9465)
-            if port:  # served while waiting for the warehouse too: the retries metric says why
-                ingester.metrics.serve(port, args.metrics_host)
-            try:
-                client = connect_when_ready(settings, ingester.stop, ingester.log, once=args.once,
-                                            schema_version=migrations()[-1].version, metrics=ingester.metrics,
-                                            rejected_every_s=config.rejected_retry_s)
-            except InterruptedError:
-                return 0
+    ingester = Ingester(config, client=None)
+    port = args.metrics_port if args.metrics_port is not None else (None if args.once else 9465)
+    if port:  # before connecting: the metrics show a warehouse that is away, too
+        try:
+            ingester.metrics.serve(port, args.metrics_host)
+        except OSError as exc:
+            raise IngestError(f"cannot serve /metrics on {args.metrics_host}:{port} ({exc.strerror}); "
+                              "choose another --metrics-port, or 0 for none") from exc
+    with stop_on_signals(ingester) as received:
+        try:
+            client = connect_when_ready(settings, ingester.stop, ingester.log, once=args.once,
+                                        schema_version=migrations()[-1].version, metrics=ingester.metrics,
+                                        rejected_every_s=config.rejected_retry_s)
+        except InterruptedError:
+            pass
+        else:
             ingester.attach(client, Target.of(settings))
             ingester.log.info("ingesting", spool=str(config.spool_dir), warehouse=settings.url, once=args.once)
             with _progress(args.once, ingester) as advance:
                 ingester.run(once=args.once, progress=advance)
-    except IngestError as exc:
-        print(f"batchobs ingest: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if not received or (received[0] == signal.SIGTERM and not args.once):
+        return 0  # drained, or a service stopped by its supervisor
+    print(f"batchobs: stopped by {signal.Signals(received[0]).name}"
+          + ("; the spool is not drained yet, run again to go on" if args.once else ""), file=sys.stderr)
+    return 128 + received[0]
 
 
 def _progress(enabled: bool, ingester: Ingester) -> AbstractContextManager[Callable[[int], None] | None]:

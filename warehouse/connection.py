@@ -5,7 +5,10 @@ at any ClickHouse server.  With nothing configured, the embedded server that
 owns ``$BATCHOBS_HOME/warehouse`` is used, started in the background if it is
 not running; only a server that proves it owns that directory is used, with
 the password from that directory's 0600 password file.  Passwords are passed
-to the driver separately and never appear in ``repr``, logs or error text.
+to the driver separately and never appear in ``repr``, logs or error text.  Every request is bounded in time:
+``BATCHOBS_CLICKHOUSE_CONNECT_TIMEOUT_S`` (default 10) to connect and
+``BATCHOBS_CLICKHOUSE_QUERY_TIMEOUT_S`` (default 120) for an answer, so a server
+that accepts but never answers is an error, not a hang.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .errors import WarehouseError
+
 __all__ = ["DATABASE", "ClickHouseSettings", "SettingsError", "connect", "home_dir"]
 
 DATABASE = "batchobs"
+CONNECT_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 120.0
 
 
-class SettingsError(ValueError):
+class SettingsError(WarehouseError, ValueError):
     """A bad setting; the message names it and never contains a password."""
 
 
@@ -32,6 +39,19 @@ def home_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Where batchobs keeps its local state (warehouse data, spool)."""
     default = Path.home() / ".local" / "share" / "batchobs"
     return Path(env.get("BATCHOBS_HOME") or default).expanduser()
+
+
+def _seconds(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400:  # also refuses nan and inf
+        raise SettingsError(f"{name} must be a number of seconds above 0 and below 86400, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,10 @@ class ClickHouseSettings:
     username: str = "default"
     password: str = field(default="", repr=False)
     secure: bool = False
+    connect_timeout_s: float = field(
+        default_factory=lambda: _seconds("BATCHOBS_CLICKHOUSE_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+    query_timeout_s: float = field(
+        default_factory=lambda: _seconds("BATCHOBS_CLICKHOUSE_QUERY_TIMEOUT_S", QUERY_TIMEOUT_S))
 
     @classmethod
     def from_url(cls, url: str) -> ClickHouseSettings:
@@ -78,9 +102,11 @@ class ClickHouseSettings:
     def client(self, **kwargs: Any) -> Any:
         import clickhouse_connect
 
+        options: dict[str, Any] = {"connect_timeout": self.connect_timeout_s,
+                                   "send_receive_timeout": self.query_timeout_s, **kwargs}
         return clickhouse_connect.get_client(
             host=self.host, port=self.port, username=self.username, password=self.password,
-            database=self.database, secure=self.secure, **kwargs,
+            database=self.database, secure=self.secure, **options,
         )
 
 

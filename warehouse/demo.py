@@ -8,13 +8,19 @@
 5. dbt builds and tests the models (``dbt/``);
 6. a per-run audit table and the daily failure-rate rollup are printed from the marts,
    and the fleet gauges from Prometheus.
+
+SIGINT or SIGTERM stops it at any step: every process it started (warehouse,
+Pushgateway, Prometheus, the Airflow runner and its children) is stopped and its
+temporary directory removed on the way out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +39,7 @@ from rich.table import Table
 from . import embedded
 from .bundled import bundled_dir
 from .connection import DATABASE, ClickHouseSettings, home_dir
+from .errors import Interrupted
 from .migrate import apply, retention_days_from_env
 from .transform import marts_database, run_dbt
 
@@ -86,19 +93,25 @@ def run_dag_test(dag_file: Path, env: dict[str, str], runs: int = 1, timeout_s: 
                  on_progress: Any = None) -> dict[str, Any]:
     """Run a DAG ``runs`` times with ``dag.test()`` in a fresh process (the listener loads there)."""
     env = dict(env, AIRFLOW__CORE__DAGS_FOLDER=str(dag_file.parent))  # dag.test() serializes from there
+    # Its own process group, so that a stop takes Airflow's children with it.
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(dag_file), str(runs)], env=env,  # noqa: S603
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env["AIRFLOW_HOME"])
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env["AIRFLOW_HOME"],
+                            start_new_session=True)
     result: dict[str, Any] = {}
     assert proc.stdout is not None
     output = []
-    for text in proc.stdout:
-        output.append(text)
-        if text.startswith("PROGRESS ") and on_progress:
-            on_progress(int(text.split()[1]))
-        elif text.startswith("RESULT "):
-            result = json.loads(text[7:])
-    stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.wait(timeout_s) != 0 or not result:
+    try:
+        for text in proc.stdout:
+            output.append(text)
+            if text.startswith("PROGRESS ") and on_progress:
+                on_progress(int(text.split()[1]))
+            elif text.startswith("RESULT "):
+                result = json.loads(text[7:])
+        stderr = proc.stderr.read() if proc.stderr else ""
+        returncode = proc.wait(timeout_s)
+    finally:
+        _stop_group(proc)
+    if returncode != 0 or not result:
         raise RuntimeError(f"dag.test() failed: {''.join(output)[-2000:]}{stderr[-2000:]}")
     result.update(stdout="".join(output), stderr=stderr)
     return result
@@ -108,6 +121,7 @@ def run(runs: int = 3) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole columns
     home = home_dir()
     with ExitStack() as stack:
+        stack.enter_context(_stopped_by_signals())  # entered first: it is left last, after every cleanup
         settings = stack.enter_context(_warehouse(console, home))
         with console.status("migrating"):
             applied = apply(settings.with_database("default").client(), settings.database, retention_days_from_env())
@@ -183,24 +197,63 @@ def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
         yield "", ""
         return
     work = Path(tempfile.mkdtemp(prefix="batchobs-demo-prom-"))
-    gw_port, prom_port = _free_port(), _free_port()
-    gateway = f"http://127.0.0.1:{gw_port}"
-    (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{gw_port}"))
-    procs = [
-        subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],  # noqa: S603
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([prom_bin, f"--config.file={work / 'prometheus.yml'}",  # noqa: S603
-                          f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port}")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        gw_port, prom_port = _free_port(), _free_port()
+        gateway = f"http://127.0.0.1:{gw_port}"
+        (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{gw_port}"))
+        procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],  # noqa: S603
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([prom_bin, f"--config.file={work / 'prometheus.yml'}",  # noqa: S603
+                                       f"--storage.tsdb.path={work / 'data'}",
+                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port}")
         yield gateway, f"http://127.0.0.1:{prom_port}"
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(10)
+        for proc in procs:
+            _reap(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted``, which unwinds through every cleanup."""
+    def stop(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # one stop is enough: let the cleanup finish
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _reap(proc: subprocess.Popen[Any], timeout_s: float = 10) -> None:
+    """Wait for a process told to stop; kill it if it does not within ``timeout_s``."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stop_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process started in its own session, and every process in its group."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    proc.wait()
 
 
 def prometheus_config(gateway: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from .errors import WarehouseError
 from .server.identity import IDENTITY_PATH, READY_FILE, proof, read_password, read_ready
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ READY_PREFIX = "batchobs warehouse serving "
 PASSWORD_ENV = "BATCHOBS_SERVE_PASSWORD"  # noqa: S105 - the name of the override variable, not a password
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(WarehouseError, RuntimeError):
     """The embedded server did not come up; carries the tail of its log."""
 
 
@@ -160,16 +161,21 @@ def start(
             start_new_session=detach, process_group=None if detach else 0, env=child_env,
         )
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerStartError(
-                f"embedded warehouse exited with {proc.returncode}: {_tail(log_path)}"
-            )
-        running = find_running(data_dir, child_env)
-        if running is not None and running.pid == proc.pid:
-            running.process = proc
-            return running
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerStartError(
+                    f"embedded warehouse exited with {proc.returncode}: {_tail(log_path)}"
+                )
+            running = find_running(data_dir, child_env)
+            if running is not None and running.pid == proc.pid:
+                running.process = proc
+                return running
+            time.sleep(0.05)
+    except BaseException:  # interrupted while waiting: a server nobody holds must not stay behind
+        proc.kill()
+        proc.wait()
+        raise
     proc.kill()
     raise ServerStartError(f"embedded warehouse did not answer within {timeout_s:g}s: {_tail(log_path)}")
 

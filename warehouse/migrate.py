@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
+from .errors import WarehouseError
+
 __all__ = ["Migration", "MigrationError", "apply", "migrations", "retention_days_from_env"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -25,7 +27,7 @@ DEFAULT_RETENTION_DAYS = 400
 _MIGRATIONS = __name__.rpartition(".")[0] + ".migrations"
 
 
-class MigrationError(RuntimeError):
+class MigrationError(WarehouseError, RuntimeError):
     pass
 
 

@@ -8,12 +8,14 @@ source (the dbt marts when built, else raw events) and returns the rows;
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
+from ..errors import WarehouseError
 from .questions import QUESTIONS, Param, Question
 from .sources import EVENTS, MARTS, MODELS
 
@@ -22,7 +24,7 @@ __all__ = ["QUESTIONS", "Answer", "AuditError", "Param", "Question", "ask", "mar
 DEFAULT_WINDOW = timedelta(days=7)
 
 
-class AuditError(ValueError):
+class AuditError(WarehouseError, ValueError):
     """A question asked with a missing or malformed parameter."""
 
 
@@ -58,8 +60,12 @@ def ask(client: Any, name: str, params: Mapping[str, Any], marts: str, source: s
         relations = EVENTS
     else:
         raise AuditError(f"source must be auto, marts or events, not {source!r}")
-    result = client.query(f"WITH {relations} {question.sql}", parameters=bound)
-    return Answer(name, source, tuple(result.column_names), list(result.result_rows))
+    sql = f"WITH {relations} {question.sql}"
+    result = client.query(sql, parameters=bound)
+    columns = tuple(result.column_names)
+    if not columns:  # over HTTP an empty result comes without a block, so without names
+        columns = tuple(row[0] for row in client.query(f"DESCRIBE ({sql})", parameters=bound).result_rows)
+    return Answer(name, source, columns, list(result.result_rows))
 
 
 def _bind(question: Question, given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -119,7 +125,10 @@ def render(answer: Answer, fmt: str, out: IO[str]) -> None:
             table.add_column(column)
         for row in answer.rows:
             table.add_row(*(_text(v) for v in row))
-        Console(file=out, width=200).print(table)
+        # Drawn into a buffer: rich handles a closed pipe itself (exit 1), the CLI does it for all formats.
+        text = io.StringIO()
+        Console(file=text, width=200, force_terminal=out.isatty()).print(table)
+        out.write(text.getvalue())
         if not answer.rows:
             out.write("no rows\n")
     else:

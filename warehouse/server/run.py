@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from ..errors import WarehouseError
 from .engine import Engine
 from .http import ClickHouseHTTPServer, Limits
 from .identity import Ready, load_or_create_password, write_ready
@@ -26,7 +27,7 @@ log = logging.getLogger("batchobs.warehouse.server")
 LOCK_NAME = ".batchobs-server.lock"
 
 
-class DataDirInUse(RuntimeError):
+class DataDirInUse(WarehouseError, RuntimeError):
     """Another process already serves this data directory."""
 
 
