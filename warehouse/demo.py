@@ -38,6 +38,8 @@ from .transform import marts_database, run_dbt
 __all__ = ["ROLLUP_SQL", "RUNS_SQL", "prometheus_config", "run", "run_dag_test"]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batchobs_example.py"
+# prometheus.yml and the rules (prometheus/rules/*.yml) the demo's Prometheus loads
+PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "prometheus"
 
 # The demo's two reports, read from the dbt marts (dbt/models/marts).
 RUNS_SQL = """
@@ -202,11 +204,21 @@ def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def prometheus_config(gateway: str) -> str:
-    """Scrape the Pushgateway at ``host:port`` every second, keeping the pushed labels."""
-    return ("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
-            f"    static_configs:\n      - targets: ['{gateway}']\n")
+def prometheus_config(gateway: str, ingester: str = "") -> str:
+    """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
+    ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
+    ``prometheus/rules`` by absolute path."""
+    import yaml
+
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
+    targets = {"pushgateway": gateway, "batchobs-ingester": ingester}
+    config["scrape_configs"] = [
+        dict(job, static_configs=[{"targets": [targets[job["job_name"]]]}])
+        for job in config["scrape_configs"] if targets[job["job_name"]]
+    ]
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _print_fleet(console: Console, prometheus: str) -> None:
