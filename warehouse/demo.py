@@ -208,7 +208,7 @@ def prometheus_config(gateway: str, ingester: str = "") -> str:
     """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
     ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
     ``prometheus/rules`` by absolute path."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # dbt-core brings PyYAML; its stubs are not a dependency
 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
