@@ -174,6 +174,26 @@ def test_slow_runs_panel_finds_the_slow_run(stack: Stack, resolve: Callable[[str
     assert "extract" in {row["task_id"] for row in rows}
 
 
+MERGED = [(uid, panel) for uid, board in BOARDS.items() for panel in dashboards.panels(board)
+          if any(t["id"] == "merge" for t in panel.get("transformations", []))]
+
+
+@pytest.mark.parametrize(("uid", "panel"), MERGED, ids=[f"{u}:{p['title']}" for u, p in MERGED])
+def test_merged_queries_share_their_rows(stack: Stack, resolve: Callable[[str], Resolved], uid: str,
+                                         panel: dict[str, Any]) -> None:
+    """A table merging several instant queries gets the same label names from each (no __name__ or
+    extra label that would split a task over several rows), and rows that join up."""
+    variables, time_range = resolve(uid)
+    names, rows = set(), []
+    for target in panel["targets"]:
+        result = prom_get(stack.prometheus, "/api/v1/query", query=promql(target["expr"], Scope(variables, time_range)),
+                          time=time_range.to_ms / 1000)["result"]
+        names |= {tuple(sorted(series["metric"])) for series in result}
+        rows.append({tuple(sorted(series["metric"].items())) for series in result})
+    assert 1 == len(names), names
+    assert all(other <= rows[0] for other in rows[1:])  # every value joins a row of the first query
+
+
 def _alert(stack: Stack, name: str) -> list[dict[str, str]]:
     return [s["metric"] for s in prom_get(stack.prometheus, "/api/v1/query", query=RULES[name]["expr"])["result"]]
 

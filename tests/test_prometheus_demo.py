@@ -17,6 +17,7 @@ def test_demo_gateway_and_prometheus() -> None:
     default), and Prometheus loaded the batchobs rules."""
     with demo._prometheus(Console(file=io.StringIO())) as (gateway, prometheus):
         assert gateway and prometheus, "Debian's prometheus and prometheus-pushgateway are needed (make test)"
+        wait_http(gateway + "/-/ready")
         flags = get_json(gateway + "/api/v1/status")["data"]["flags"]
         state = Path(flags["persistence.file"])
         assert state.name == "pushgateway.dat" and state.parent.name.startswith("batchobs-demo-prom-")
