@@ -36,7 +36,7 @@ pytestmark = pytest.mark.wheel
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("listener", "ingest", "warehouse")
 # Top-level directories shipped as package data, and where the wheel puts them (pyproject.toml).
-BUNDLED = {"dbt": "warehouse/dbt", "examples": "warehouse/examples"}
+BUNDLED = {"dbt": "warehouse/dbt", "examples": "warehouse/examples", "prometheus": "warehouse/prometheus"}
 DAG_ID = "etl_orders"
 
 

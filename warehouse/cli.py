@@ -132,6 +132,21 @@ def _parser() -> argparse.ArgumentParser:
         ask.add_argument("--source", choices=("auto", "marts", "events"), default="auto",
                          help="auto: the dbt marts when built, else raw events")
 
+    gateway = sub.add_parser("gateway", help="the Pushgateway the listener pushes to").add_subparsers(
+        dest="action", required=True)
+    prune = gateway.add_parser(
+        "prune", help="remove groups of DAGs/tasks gone from Airflow, or not pushed for N days (dry run "
+        "unless --apply)", description="Which ids exist: --dags-folder (parsed with Airflow's DagBag) or "
+        '--known-tasks FILE ({"dag_id": ["task_id", ...]}); and/or --max-age-days.')
+    prune.add_argument("--gateway", default=os.environ.get("BATCHOBS_PUSHGATEWAY_URL", ""),
+                       help="Pushgateway URL (default $BATCHOBS_PUSHGATEWAY_URL)")
+    prune.add_argument("--instance", help="the listener's BATCHOBS_INSTANCE (default: the same setting here)")
+    prune.add_argument("--job", help="the listener's BATCHOBS_JOB (default: the same setting here)")
+    prune.add_argument("--dags-folder", type=Path, help="the DAGs that exist: Airflow's DAGs folder")
+    prune.add_argument("--known-tasks", type=Path, help='the DAGs that exist: JSON {"dag_id": ["task_id", ...]}')
+    prune.add_argument("--max-age-days", type=float, help="also prune groups not pushed for this many days")
+    prune.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
+
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
     demo.add_argument("--runs", default=3, type=_whole(1), help="runs of the sample DAG in Airflow")
     return parser
@@ -158,7 +173,7 @@ _COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
 def _missing_extra(command: str, env: Mapping[str, str] = os.environ) -> str | None:
     """One line naming the extra to install when ``command`` cannot import what it needs."""
     needed = list(_COMMAND_EXTRAS.get(command, ()))
-    local = command in ("warehouse serve", "warehouse stop", "demo")
+    local = command in ("warehouse serve", "warehouse stop", "gateway prune", "demo")
     if not local and not env.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
         needed.append("embedded")  # no warehouse configured: the command starts the embedded one
     for extra in needed:
@@ -221,6 +236,8 @@ def _run(args: argparse.Namespace) -> int:
         return _dbt(args.dbt_args or ["build"])
     if args.command == "audit":
         return _audit(args)
+    if args.command == "gateway":
+        return _gateway_prune(args)
     if args.command == "demo":
         from .demo import run
 
@@ -278,6 +295,31 @@ def _refused(exc: Exception) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:1000]
+
+
+def _gateway_prune(args: argparse.Namespace) -> int:
+    from listener.config import ListenerConfig
+
+    from .gateway import GatewayError, known_from_dags_folder, known_from_file, prune
+
+    listener = ListenerConfig.from_env()  # the same defaults the listener pushes with
+    try:
+        if not args.gateway:
+            raise GatewayError("no Pushgateway: pass --gateway URL or set BATCHOBS_PUSHGATEWAY_URL")
+        if args.dags_folder and args.known_tasks:
+            raise GatewayError("give either --dags-folder or --known-tasks, not both")
+        known = (known_from_dags_folder(args.dags_folder) if args.dags_folder
+                 else known_from_file(args.known_tasks) if args.known_tasks else None)
+        pruned = prune(args.gateway, job=args.job or listener.job, instance=args.instance or listener.instance,
+                       known=known, max_age_days=args.max_age_days, apply=args.apply)
+    except GatewayError as exc:
+        print(f"batchobs gateway prune: {exc}", file=sys.stderr)
+        return 2
+    for item in pruned:
+        print(f"{'deleted' if item.deleted else 'would delete'}: {item.group.describe()} ({item.reason})")
+    if not args.apply:
+        print(f"{len(pruned)} group(s) to prune; dry run: nothing deleted (pass --apply to delete)")
+    return 0
 
 
 def _audit_questions() -> dict[str, Question]:

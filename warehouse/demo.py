@@ -46,6 +46,8 @@ from .transform import marts_database, run_dbt
 __all__ = ["ROLLUP_SQL", "RUNS_SQL", "prometheus_config", "run", "run_dag_test"]
 
 EXAMPLE = bundled_dir("examples") / "batchobs_example.py"
+# prometheus.yml and the rules (prometheus/rules/*.yml) the demo's Prometheus loads
+PROMETHEUS_DIR = bundled_dir("prometheus")
 
 # The demo's two reports, read from the dbt marts (dbt/models/marts).
 RUNS_SQL = """
@@ -64,6 +66,20 @@ FROM {marts:Identifier}.agg_task_failure_rate_daily
 WHERE dag_id = {dag_id:String}
 ORDER BY run_date, failure_rate DESC, task_id
 """
+
+OUTCOMES = """\
+  batchobs_example fails on purpose: each run shows every outcome batchobs records.
+    succeed   succeeds on its first try
+    flaky     fails its first try, succeeds on the retry (a flaky task, a retry in the rollup)
+    broken    fails both tries: the task ends failed, so every run ends failed (alert BatchobsTaskFailed)
+    shard     mapped over 3 items: one row per map index in the run history
+    skipped   skips itself (AirflowSkipException)
+    measured  records custom metrics (rows_processed, null_ratio) with listener.record_metric"""
+
+DASHBOARDS = """\
+[bold]grafana[/] dashboards in grafana/dashboards (Fleet, History, Run detail, Pipeline health), data sources and
+  provider in grafana/provisioning. To see them, provision them into a Grafana (>= 11.6, with the
+  grafana-clickhouse-datasource plugin) pointed at your Prometheus and ClickHouse: README, "Grafana"."""
 
 RUNNER = r"""
 import importlib.util, json, sys
@@ -140,6 +156,7 @@ def run(runs: int = 3) -> int:
             result = run_dag_test(EXAMPLE, env, runs,
                                   on_progress=lambda i: status.update(f"DAG runs done: {i} of {runs}"))
         console.print(f"[bold]airflow[/] {runs} runs of batchobs_example: {', '.join(result['states'])}")
+        console.print(OUTCOMES, highlight=False)
 
         from ingest.service import IngestConfig, Ingester
 
@@ -168,9 +185,11 @@ def run(runs: int = 3) -> int:
         console.print("More questions: `batchobs audit --help` (runs, timeline, failures, flaky, slowest, metrics)")
         if prometheus:
             _print_fleet(console, prometheus)
+            _print_alerts(console, prometheus)
         else:
             console.print("[bold]fleet gauges[/] off: install Debian's prometheus and prometheus-pushgateway "
                           "(`make test` does) and run again, or point BATCHOBS_PUSHGATEWAY_URL at yours")
+        console.print(DASHBOARDS, highlight=False)
     return 0
 
 
@@ -202,13 +221,16 @@ def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
         gw_port, prom_port = _free_port(), _free_port()
         gateway = f"http://127.0.0.1:{gw_port}"
         (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{gw_port}"))
-        procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],  # noqa: S603
+        # a state file of its own: without one Debian's package default (machine-wide) is loaded and overwritten
+        procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}",  # noqa: S603
+                                       f"--persistence.file={work / 'pushgateway.dat'}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen([prom_bin, f"--config.file={work / 'prometheus.yml'}",  # noqa: S603
                                        f"--storage.tsdb.path={work / 'data'}",
                                        f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port}")
+        console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port} "
+                      f"(rules from {PROMETHEUS_DIR / 'rules'})")
         yield gateway, f"http://127.0.0.1:{prom_port}"
     finally:
         for proc in procs:
@@ -256,11 +278,21 @@ def _stop_group(proc: subprocess.Popen[Any]) -> None:
     proc.wait()
 
 
-def prometheus_config(gateway: str) -> str:
-    """Scrape the Pushgateway at ``host:port`` every second, keeping the pushed labels."""
-    return ("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
-            f"    static_configs:\n      - targets: ['{gateway}']\n")
+def prometheus_config(gateway: str, ingester: str = "") -> str:
+    """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
+    ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
+    ``prometheus/rules`` by absolute path."""
+    import yaml  # type: ignore[import-untyped]  # dbt-core brings PyYAML; its stubs are not a dependency
+
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
+    targets = {"pushgateway": gateway, "batchobs-ingester": ingester}
+    config["scrape_configs"] = [
+        dict(job, static_configs=[{"targets": [targets[job["job_name"]]]}])
+        for job in config["scrape_configs"] if targets[job["job_name"]]
+    ]
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _print_fleet(console: Console, prometheus: str) -> None:
@@ -282,6 +314,31 @@ def _print_fleet(console: Console, prometheus: str) -> None:
     for row in sorted(rows, key=lambda r: r["metric"].get("task_id", "")):
         table.add_row(row["metric"].get("dag_id", ""), row["metric"].get("task_id", ""), row["value"][1])
     console.print(table)
+
+
+def _print_alerts(console: Console, prometheus: str) -> None:
+    """The batchobs alerts Prometheus fires on this data (prometheus/rules/batchobs.yml)."""
+    alerts: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15  # rules are evaluated every second here
+    with console.status("waiting for Prometheus to evaluate the alert rules"):
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{prometheus}/api/v1/alerts", timeout=5) as resp:  # noqa: S310 - loopback
+                    alerts = [a for a in json.load(resp)["data"]["alerts"] if a["state"] == "firing"]
+            except OSError:
+                alerts = []
+            if {"BatchobsTaskFailed", "BatchobsDagRunFailed"} <= {a["labels"]["alertname"] for a in alerts}:
+                break
+            time.sleep(0.5)
+    table = Table(title="Alerts firing in Prometheus (prometheus/rules/batchobs.yml)")
+    for name in ("alert", "severity", "summary"):
+        table.add_column(name)
+    for alert in sorted(alerts, key=lambda a: (a["labels"]["alertname"], a["annotations"].get("summary", ""))):
+        table.add_row(alert["labels"]["alertname"], alert["labels"].get("severity", ""),
+                      alert["annotations"].get("summary", ""))
+    console.print(table)
+    console.print("The example's `broken` task and its failed runs fire on purpose; in production these go to "
+                  "Alertmanager (README: Grafana).", highlight=False)
 
 
 def _free_port() -> int:
