@@ -106,7 +106,8 @@ class TestImages:
 
     def test_clickhouse_is_25_or_26(self, doc: dict[str, Any]) -> None:
         """A real ClickHouse server of a 25.x or 26.x release."""
-        assert re.fullmatch(r"clickhouse/clickhouse-server:2[56]\.\d+(\.\d+)*", str(services(doc)["clickhouse"]["image"]))
+        image = str(services(doc)["clickhouse"]["image"])
+        assert re.fullmatch(r"clickhouse/clickhouse-server:2[56]\.\d+(\.\d+)*", image)
 
 
 class TestMounts:
@@ -173,8 +174,8 @@ class TestNetwork:
                     assert url.port in _listen_ports(by_name[url.hostname]), (name, key)
                     checked += 1
             if env.get("AIRFLOW__METRICS__STATSD_ON") == "true":
-                assert env["AIRFLOW__METRICS__STATSD_HOST"] in by_name
-                assert int(env["AIRFLOW__METRICS__STATSD_PORT"]) in _listen_ports(by_name[env["AIRFLOW__METRICS__STATSD_HOST"]])
+                statsd = by_name[env["AIRFLOW__METRICS__STATSD_HOST"]]
+                assert int(env["AIRFLOW__METRICS__STATSD_PORT"]) in _listen_ports(statsd)
                 # the mapping keeps only tagged names: without tags the ids would be lost
                 assert "true" == env["AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED"]
                 checked += 1

@@ -16,7 +16,6 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,7 +99,7 @@ def _clickhouse(stack: dict[str, Any], sql: str, run_id: str) -> str:
 
 
 def test_a_dag_run_lands_in_clickhouse_and_grafana_reads_it(stack: dict[str, Any]) -> None:
-    """The example DAG's events reach ClickHouse through the ingester, and Grafana's ClickHouse data source reads them."""
+    """The example DAG's events reach ClickHouse through the ingester; Grafana's ClickHouse data source reads them."""
     env = stack["env"]
     airflow = f"http://127.0.0.1:{env['AIRFLOW_PORT']}"
     token = _request(airflow + "/auth/token", "POST",

@@ -10,6 +10,8 @@ table says. A new metric in a later Airflow fails the test until the table names
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -19,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import start_http_server
 
 from . import servers
-from .statsd_mapper import Mapper, parse_line
+from .statsd_mapper import Mapper, exporter_registry, parse_line
 from .test_listener_scheduler import api, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +36,9 @@ pytestmark = pytest.mark.slow
 
 DROP = None
 TASK = ("dag_id", "task_id")
+RUN = ("dag_id", "run_type")
+QUEUED = ("dag_id", "queue", "task_id")
+OPERATOR = ("dag_id", "operator_name", "task_id")
 # (StatsD name, type) -> (Prometheus name or DROP, label names). Legacy names carry the ids in the
 # name, with the dots of ids rewritten to "__" by Airflow; the tagged twin of each is kept instead.
 EXPECTED: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
@@ -68,32 +74,32 @@ EXPECTED: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
        for what in ("open_slots", "queued_tasks", "running_tasks")},
     **{(f"airflow.executor.{what}.LocalExecutor", "gauge"): (DROP, ())
        for what in ("open_slots", "queued_tasks", "running_tasks")},
-    ("airflow.dagrun.duration.failed", "observer"): ("airflow_dagrun_duration_seconds", ("dag_id", "run_type", "state")),
+    ("airflow.dagrun.duration.failed", "observer"): ("airflow_dagrun_duration_seconds", (*RUN, "state")),
     ("airflow.dagrun.duration.failed.team__nightly", "observer"): (DROP, ()),
     ("airflow.dagrun.schedule_delay", "observer"): ("airflow_dagrun_schedule_delay_seconds", ("dag_id",)),
     ("airflow.dagrun.schedule_delay.team__nightly", "observer"): (DROP, ()),
     ("airflow.dagrun.first_task_scheduling_delay", "observer"):
-        ("airflow_dagrun_first_task_scheduling_delay_seconds", ("dag_id", "run_type")),
+        ("airflow_dagrun_first_task_scheduling_delay_seconds", RUN),
     ("airflow.dagrun.team__nightly.first_task_scheduling_delay", "observer"): (DROP, ()),
     # this legacy name keeps the dag_id's dots: a positional glob would split "team.nightly"
     ("airflow.dagrun.team.nightly.first_task_scheduling_delay", "observer"): (DROP, ()),
-    ("airflow.dagrun.first_task_start_delay", "observer"): ("airflow_dagrun_first_task_start_delay_seconds", ("dag_id", "run_type")),
-    ("airflow.dagrun.dependency-check", "observer"): ("airflow_dagrun_dependency_check_seconds", ("dag_id", "run_type")),
+    ("airflow.dagrun.first_task_start_delay", "observer"): ("airflow_dagrun_first_task_start_delay_seconds", RUN),
+    ("airflow.dagrun.dependency-check", "observer"): ("airflow_dagrun_dependency_check_seconds", RUN),
     ("airflow.dagrun.dependency-check.team__nightly", "observer"): (DROP, ()),
     ("airflow.ti.start", "counter"): ("airflow_ti_start_total", TASK),
     ("airflow.ti.finish", "counter"): ("airflow_ti_finish_total", ("dag_id", "state", "task_id")),
     ("airflow.ti_successes", "counter"): ("airflow_ti_successes_total", TASK),
     ("airflow.ti_failures", "counter"): ("airflow_ti_failures_total", TASK),
-    ("airflow.operator_successes", "counter"): ("airflow_operator_successes_total", ("dag_id", "operator_name", "task_id")),
-    ("airflow.operator_failures", "counter"): ("airflow_operator_failures_total", ("dag_id", "operator_name", "task_id")),
+    ("airflow.operator_successes", "counter"): ("airflow_operator_successes_total", OPERATOR),
+    ("airflow.operator_failures", "counter"): ("airflow_operator_failures_total", OPERATOR),
     ("airflow.operator_successes__PythonDecoratedOperator", "counter"): (DROP, ()),
     ("airflow.operator_failures__PythonDecoratedOperator", "counter"): (DROP, ()),
     ("airflow.task_instance_created", "counter"):
         ("airflow_task_instance_created_total", ("dag_id", "run_type", "task_type")),
     ("airflow.task_instance_created__PythonDecoratedOperator", "counter"): (DROP, ()),
     ("airflow.task.duration", "observer"): ("airflow_task_duration_seconds", TASK),
-    ("airflow.task.scheduled_duration", "observer"): ("airflow_task_scheduled_duration_seconds", ("dag_id", "queue", "task_id")),
-    ("airflow.task.queued_duration", "observer"): ("airflow_task_queued_duration_seconds", ("dag_id", "queue", "task_id")),
+    ("airflow.task.scheduled_duration", "observer"): ("airflow_task_scheduled_duration_seconds", QUEUED),
+    ("airflow.task.queued_duration", "observer"): ("airflow_task_queued_duration_seconds", QUEUED),
     **{(f"airflow.ti.start.team__nightly.{task}", "counter"): (DROP, ())
        for task in ("fails", "load__orders", "load__customers")},
     **{(f"airflow.ti.finish.team__nightly.{task}", "counter"): (DROP, ())
@@ -109,7 +115,8 @@ EXPECTED: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
     ("airflow.dag_processing.last_duration", "observer"):
         ("airflow_dag_processing_last_duration_seconds", ("bundle_name", "file_name")),
     ("airflow.dag_processing.last_duration.dags-folder.dotted", "observer"): (DROP, ()),
-    ("airflow.dag_processing.processes", "counter"): ("airflow_dag_processing_processes_total", ("action", "file_path")),
+    ("airflow.dag_processing.processes", "counter"):
+        ("airflow_dag_processing_processes_total", ("action", "file_path")),
 }
 # What the issue asks the fleet view to show; each must have been emitted and mapped.
 REQUIRED = {
@@ -232,3 +239,36 @@ def test_no_run_id_label(captured: list[str], mapper: Mapper) -> None:
     labelled = [mapper.map(s) for s in map(parse_line, captured)]
     assert [] == [m for m in labelled if m.name and "run_id" in m.labels]
 
+
+
+SCHEDULER_ROW = ROOT / "grafana" / "fleet-scheduler-row.json"
+
+
+def _row_targets() -> list[dict[str, Any]]:
+    panels = json.loads(SCHEDULER_ROW.read_text())["panels"]
+    return [t for p in panels for t in p.get("targets", [])]
+
+
+def test_the_scheduler_row_queries_answer_from_the_mapped_metrics(captured: list[str], mapper: Mapper,
+                                                                  tmp_path: Path) -> None:
+    """Every PromQL query of the Fleet scheduler-and-pools row returns series from a real Prometheus
+    scraping what statsd-exporter would expose for the captured lines, with its grouping labels set."""
+    registry = exporter_registry(mapper, captured)
+    exporter, thread = start_http_server(0, "127.0.0.1", registry)
+    prometheus = servers.start_prometheus(tmp_path / "prometheus", f"http://127.0.0.1:{exporter.server_port}")
+    try:
+        empty = []
+        for target in _row_targets():
+            grouping = re.search(r"\bby \(([^)]*)\)", target["expr"])
+            labels = [g.strip() for g in grouping.group(1).split(",") if g.strip() != "le"] if grouping else []
+            try:
+                result = wait_for(lambda t=target: servers.prom_query(prometheus.url, t["expr"]), 60, target["expr"])
+            except AssertionError:
+                empty.append(target["expr"])
+                continue
+            assert all(series["metric"].get(label) for series in result for label in labels), target["expr"]
+        assert [] == empty
+    finally:
+        prometheus.stop()
+        exporter.shutdown()
+        thread.join(5)
