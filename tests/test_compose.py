@@ -131,6 +131,12 @@ class TestMounts:
         assert [] == missing
         assert SPOOL_VOLUME in doc["volumes"]  # a named volume, not a host path
 
+    def test_the_ingester_runs_as_airflows_user(self, doc: dict[str, Any]) -> None:
+        """The ingester has the uid and group of the Airflow processes, so it can retire the files they wrote."""
+        by_name = services(doc)
+        airflow_users = {s["user"] for n, s in by_name.items() if is_airflow(s) and n != "airflow-init"}
+        assert {by_name["ingester"]["user"]} == airflow_users
+
 
 class TestNetwork:
     def test_only_the_two_uis_are_published_on_loopback(self, doc: dict[str, Any]) -> None:
