@@ -137,7 +137,12 @@ class TestBounded:
         assert sids[-MAX_SESSIONS:][::-1] == kept
 
     def test_session_queries_share_the_concurrency_limit(self, url: str) -> None:
-        """With every slot held by session queries, one more session query fails with 202."""
+        """With every slot held by session queries, one more session query fails with 202.
+
+        Which one is refused depends on who asks first: a probe, or (when a probe took a slot
+        before the last slow query arrived) one of the slow queries. Either way it is a
+        session query refused because session queries filled the slots; with sessions outside
+        the limit none is refused."""
         results: list[int] = []
 
         def slow() -> None:  # ~9 s: three blocks of one row, 3 s each
@@ -149,13 +154,14 @@ class TestBounded:
         for worker in workers:
             worker.start()
         probes = []
-        while any(w.is_alive() for w in workers) and "202" not in probes:  # until every slot is taken
+        while any(w.is_alive() for w in workers) and "202" not in probes and 202 not in results:
             probes.append(raw(url, "POST", f"/?session_id={uuid.uuid4().hex}&session_timeout=2", b"SELECT 1")[1]
                           .get("x-clickhouse-exception-code") or "ok")
         for worker in workers:
             worker.join(60)
-        assert "202" == probes[-1]
-        assert [200] * SLOTS == results
+        refused = probes.count("202") + results.count(202)
+        assert refused >= 1, (probes, results)
+        assert set(results) <= {200, 202}, results
         alive_and_kept(url)
 
     @pytest.mark.parametrize("partial", [b"POST / HTTP/1.1\r\nHost: 127",
