@@ -86,6 +86,12 @@ class TestClickHouseConnect:
         assert [(42, "O'Brien")] == c.query(
             "SELECT {n:UInt32} + 1, {s:String}", parameters={"n": 41, "s": "O'Brien"}).result_rows
 
+    def test_parameters_in_statements_the_policy_explains(self, url: str) -> None:
+        """DESCRIBE (checked through EXPLAIN AST) with a query parameter runs, as in ClickHouse."""
+        rows = client(url).query("DESCRIBE (SELECT {n:UInt8} AS n, {s:String} AS s)",
+                                 parameters={"n": 1, "s": "x"}).result_rows
+        assert [("n", "UInt8"), ("s", "String")] == [row[:2] for row in rows]
+
     def test_syntax_error_carries_code(self, url: str) -> None:
         """A syntax error surfaces as an exception with ClickHouse's code 62."""
         with pytest.raises(DatabaseError) as err:

@@ -406,14 +406,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise EngineError.of(SYNTAX_ERROR, "Empty query")
             if read_only and parsed.keyword not in READ_ONLY_KEYWORDS:
                 raise EngineError.of(READONLY, "Cannot execute query in readonly mode (GET request)")
-            self.server.policy.check(parsed.sql, read_only)
+            self.server.policy.check(parsed.sql, read_only, _query_params(params))
         else:
             self.server.policy.check(f"{insert.sql} {insert.settings} FORMAT {insert.format}", False)
         settings = {k: v for k, v in params.items() if k not in HTTP_ONLY and not k.startswith("param_")}
         for name in settings:
             if denied_setting(name):
                 raise EngineError.of(ACCESS_DENIED, f"Not allowed on the embedded warehouse: setting {name}")
-        query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        query_params = _query_params(params)
         with self._connection(params) as conn:
             self.server.mark(self.connection, _RUNNING)
             conn.prepare(settings, params.get("database") or None)
@@ -533,3 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _query_params(params: dict[str, str]) -> dict[str, str]:
+    """The query's parameters (``param_NAME=value`` in the URL), by name."""
+    return {k[6:]: v for k, v in params.items() if k.startswith("param_")}

@@ -99,22 +99,27 @@ class Policy:
         # the short ones that passed.  Refusals raise and are not cached.
         self._cached = lru_cache(maxsize=4096)(self._check)
 
-    def check(self, sql: str, read_only: bool) -> None:
-        """Raise ACCESS_DENIED (or READONLY for a write over GET) unless ``sql`` is allowed."""
+    def check(self, sql: str, read_only: bool, params: Mapping[str, str] | None = None) -> None:
+        """Raise ACCESS_DENIED (or READONLY for a write over GET) unless ``sql`` is allowed.
+
+        ``params`` are the query's parameters: ``EXPLAIN AST`` (used where the parser cannot
+        serialize the statement, e.g. ``DESCRIBE``) substitutes them, as the query itself will.
+        """
+        bound = tuple(sorted((params or {}).items()))
         if len(sql) <= CACHED_STATEMENT_CHARS:
-            self._cached(sql, read_only)
+            self._cached(sql, read_only, bound)
         else:
-            self._check(sql, read_only)
+            self._check(sql, read_only, bound)
 
     def _names(self, sql: str) -> set[str]:
         with self._lock:
             raw = self._parser.query(sql, "TabSeparatedRaw", {})
         return set(bytes(raw.bytes()).decode().split())
 
-    def _check(self, sql: str, read_only: bool) -> None:
+    def _check(self, sql: str, read_only: bool, params: tuple[tuple[str, str], ...] = ()) -> None:
         tree = self._parse(sql)
         if tree is None:
-            self._check_explained(sql, read_only)
+            self._check_explained(sql, read_only, dict(params))
             return
         kind = str(tree.get("type", ""))
         if read_only and kind not in _READ_ONLY:
@@ -174,10 +179,10 @@ class Policy:
                 if denied_setting(name) or (isinstance(value, dict) and value.get("field_type") == "CustomType"):
                     raise _refuse(f"setting {name}")
 
-    def _check_explained(self, sql: str, read_only: bool) -> None:
+    def _check_explained(self, sql: str, read_only: bool, params: dict[str, str]) -> None:
         try:
             with self._lock:
-                raw = self._parser.query("EXPLAIN AST " + sql, "TabSeparatedRaw", {})
+                raw = self._parser.query("EXPLAIN AST " + sql, "TabSeparatedRaw", params)
         except EngineError as err:
             raise _strip_scope(err) from None
         lines = bytes(raw.bytes()).decode().splitlines()
