@@ -40,5 +40,5 @@ lock: $(STAMP)
 	  --generate-hashes --no-header -o requirements.lock
 
 lint: $(STAMP)
-	$(BIN)/ruff check listener ingest warehouse tests benchmarks
+	$(BIN)/ruff check listener ingest warehouse batchobs tests benchmarks
 	$(BIN)/mypy

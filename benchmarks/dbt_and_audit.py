@@ -34,14 +34,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from batchobs.audit import QUESTIONS, ask  # noqa: E402
+from batchobs.transform import run_dbt  # noqa: E402
 from benchmarks._report import percentile, save  # noqa: E402
 from listener.contract import COLUMNS, TASK_INSTANCE, TASK_METRIC, Event, encode, replace  # noqa: E402
+from listener.testing import history  # noqa: E402
 from warehouse import embedded  # noqa: E402
-from warehouse.audit import QUESTIONS, ask  # noqa: E402
 from warehouse.connection import ClickHouseSettings  # noqa: E402
 from warehouse.migrate import apply  # noqa: E402
-from warehouse.synthetic import history  # noqa: E402
-from warehouse.transform import run_dbt  # noqa: E402
 
 DAGS = 1000
 TEMPLATE_RUNS = 3  # synthetic.history(3) and its metrics: 55 events over 3 days

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway  # noqa: E402
 
+from batchobs import loopback as servers  # noqa: E402
 from benchmarks._report import save  # noqa: E402
 from listener.config import ListenerConfig  # noqa: E402
 from listener.plugin import BatchobsListener  # noqa: E402
-from tests import servers  # noqa: E402
 
 
 class ArticleV3Plugin:

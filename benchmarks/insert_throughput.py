@@ -1,6 +1,6 @@
 """Insert throughput through the embedded server vs. a direct chDB insert.
 
-The same events (from warehouse.synthetic, encoded by the contract) are inserted
+The same events (from listener.testing, encoded by the contract) are inserted
 into a migrated ``events`` table:
 
 * direct: chDB in this process, no HTTP: ``send_insert`` of the same bytes (fast,
@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import save  # noqa: E402
 from listener.contract import COLUMNS, encode  # noqa: E402
+from listener.testing import history  # noqa: E402
 from warehouse import embedded  # noqa: E402
 from warehouse.migrate import apply, migrations  # noqa: E402
-from warehouse.synthetic import history  # noqa: E402
 
 
 def timed(fn: Callable[[], object], reset: Callable[[], object], repeat: int) -> float:

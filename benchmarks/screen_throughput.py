@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import save
 from ingest.screen import looks_clean
 from listener.contract import encode
-from warehouse.synthetic import history
+from listener.testing import history
 
 
 def main() -> None:

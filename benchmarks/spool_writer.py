@@ -1,6 +1,6 @@
 """Append contract events to a spool at a steady rate, as many Airflow processes would.
 
-Each event is a synthetic one (warehouse.synthetic, many DAGs) stamped with the
+Each event is a synthetic one (listener.testing, many DAGs) stamped with the
 time it is written, so ``now - emitted_at`` in the warehouse is its freshness.
 
 Usage: python benchmarks/spool_writer.py SPOOL_DIR COUNT [--rate EVENTS_PER_S] [--max-bytes N]
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from listener.contract import Event, encode, replace
 from listener.spool import Spool
-from warehouse.synthetic import history
+from listener.testing import history
 
 
 def fleet(count: int) -> Iterator[Event]:

@@ -38,7 +38,7 @@ def batchobs_gateway_prune() -> None:
         from airflow.configuration import conf
 
         from listener.config import ListenerConfig
-        from warehouse.gateway import known_from_dags_folder, prune
+        from batchobs.gateway import known_from_dags_folder, prune
 
         params = get_current_context()["params"]
         listener = ListenerConfig.from_env()

@@ -54,9 +54,9 @@ from ingest.screen import BOM
 from ingest.service import IngestConfig, Ingester
 from listener.contract import COLUMNS, decode, encode
 from listener.spool import host_token
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
-from warehouse.synthetic import history
 
 MAX_LINE = 4096  # the ingester's line limit here: small enough to reach, large enough for deep nesting to be decoded
 DEAD_PID = 4_194_305  # above Linux's largest pid: the file's writer is gone, so the file is finished

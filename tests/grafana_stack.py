@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from listener.contract import TASK_METRIC, Event
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
-from warehouse.synthetic import history
 
 from . import servers
 from .runs import dbt, insert

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from batchobs.transform import run_dbt
 from listener.contract import DAG_RUN, TASK_INSTANCE, TASK_METRIC, TASK_RECONCILED, Event, encode
+from listener.testing import BASE
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import BASE
-from warehouse.transform import run_dbt
 
 KILLED_AT = datetime(2026, 11, 4, 6, tzinfo=timezone.utc)
 

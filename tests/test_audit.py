@@ -14,11 +14,11 @@ from urllib.parse import quote
 
 import pytest
 
-from warehouse import cli
-from warehouse.audit import AuditError, ask, marts_built, render
+from batchobs import cli
+from batchobs.audit import AuditError, ask, marts_built, render
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
-from warehouse.synthetic import history
 
 from .runs import dbt, insert, killed_run, metric
 
@@ -144,7 +144,7 @@ def test_cli_json_and_csv(built: tuple[ClickHouseSettings, str], monkeypatch: py
 
 
 def test_table_output_names_the_source(tmp_path: Path) -> None:
-    from warehouse.audit import Answer
+    from batchobs.audit import Answer
 
     out = io.StringIO()
     render(Answer("flaky", "events", ("dag_id", "flaky_rate"), [("etl_orders", 1.0)]), "table", out)

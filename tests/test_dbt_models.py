@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from listener.contract import TASK_RECONCILED, Event
+from listener.testing import BASE, history
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import BASE, history
 
 from .runs import dbt, insert, killed_run
 
@@ -132,8 +132,8 @@ def test_source_declares_the_contract() -> None:
     """dbt's source for events lists exactly the contract's columns and types (plus ingested_at)."""
     import yaml
 
+    from batchobs.transform import PROJECT_DIR
     from listener.contract import COLUMNS
-    from warehouse.transform import PROJECT_DIR
 
     spec = yaml.safe_load((PROJECT_DIR / "models/staging/airflow/_airflow__sources.yml").read_text())
     (events,) = spec["sources"][0]["tables"]
@@ -147,7 +147,7 @@ def test_batchobs_dbt_connects_from_the_warehouse_url(database: ClickHouseSettin
                                                       capfd: pytest.CaptureFixture[str]) -> None:
     """`batchobs dbt debug` reaches the warehouse named by BATCHOBS_CLICKHOUSE_URL (profile
     from the environment), and dbt's output never shows the password."""
-    from warehouse import cli
+    from batchobs import cli
 
     monkeypatch.setenv("BATCHOBS_HOME", str(tmp_path))
     monkeypatch.setenv("DBT_USE_COLORS", "false")

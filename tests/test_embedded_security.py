@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchobs.transform import dbt_env
 from warehouse import embedded
 from warehouse.connection import ClickHouseSettings, resolve
 from warehouse.server.identity import PASSWORD_FILE, READY_FILE
-from warehouse.transform import dbt_env
 
 from .test_embedded_server import port_of, raw, started
 

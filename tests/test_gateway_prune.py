@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import pushadd_to_gateway
 
+from batchobs.cli import main
+from batchobs.gateway import GatewayError, known_from_dags_folder, prune
 from listener.gauges import GroupKey, dag_run_gauges, task_gauges
-from warehouse.cli import main
-from warehouse.gateway import GatewayError, known_from_dags_folder, prune
 
 from . import servers
 

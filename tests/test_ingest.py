@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from ingest.service import IngestConfig, Ingester
 from listener.contract import encode, replace
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import history
 
 GOOD = [json.loads(encode(e)) for e in history(2)]
 TASK = next(e for e in GOOD if e["kind"] == "task_instance" and e["duration_s"])

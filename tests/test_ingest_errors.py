@@ -23,9 +23,9 @@ from ingest.metrics import IngestMetrics
 from ingest.service import Ingester, connect_when_ready
 from listener.contract import encode
 from listener.spool import Spool
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
-from warehouse.synthetic import history
 
 from . import servers
 

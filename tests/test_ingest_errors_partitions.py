@@ -20,8 +20,8 @@ from ingest.config import IngestConfig
 from ingest.service import Ingester
 from listener.contract import Event, encode
 from listener.spool import Spool
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import history
 
 from .runs import dbt
 

@@ -18,8 +18,8 @@ import pytest
 from ingest.service import IngestConfig, Ingester
 from listener.contract import encode
 from listener.spool import host_token
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import history
 
 from .test_ingest import stored, write_lines
 

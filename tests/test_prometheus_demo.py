@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from warehouse import demo
+from batchobs import demo
 
 from .servers import get_json, wait_http
 

@@ -11,9 +11,9 @@ import pytest
 
 from listener import contract
 from listener.contract import encode
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings, SettingsError, resolve
 from warehouse.migrate import MigrationError, apply, migrations
-from warehouse.synthetic import history
 
 
 def _normalise(ch_type: str) -> str:

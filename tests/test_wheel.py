@@ -25,18 +25,18 @@ from typing import Any
 import pytest
 import tomllib
 
+from batchobs.cli import EXTRA_MODULES
 from listener.contract import encode
 from listener.spool import Spool
+from listener.testing import history
 from warehouse import embedded
-from warehouse.cli import EXTRA_MODULES
-from warehouse.synthetic import history
 
 pytestmark = pytest.mark.wheel
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("listener", "ingest", "warehouse")
+PACKAGES = ("listener", "ingest", "warehouse", "batchobs")
 # Top-level directories shipped as package data, and where the wheel puts them (pyproject.toml).
-BUNDLED = {"dbt": "warehouse/dbt", "examples": "warehouse/examples", "prometheus": "warehouse/prometheus"}
+BUNDLED = {"dbt": "batchobs/dbt", "examples": "batchobs/examples", "prometheus": "batchobs/prometheus"}
 DAG_ID = "etl_orders"
 
 

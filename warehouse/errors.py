@@ -2,7 +2,7 @@
 
 Every error this package raises on purpose derives from ``WarehouseError``; its
 message is one line that names the problem and, where there is one, the fix.  The
-command line (``warehouse/cli.py``) turns any of them into that line on stderr and
+command line (``batchobs/cli.py``) turns any of them into that line on stderr and
 an exit code, in one place.
 """
 

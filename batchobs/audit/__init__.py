@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
-from ..errors import WarehouseError
+from warehouse.errors import WarehouseError
+
 from .questions import QUESTIONS, Param, Question
 from .sources import EVENTS, MARTS, MODELS
 

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,18 +35,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import embedded
+from warehouse import embedded
+from warehouse.connection import DATABASE, ClickHouseSettings, home_dir
+from warehouse.errors import Interrupted
+from warehouse.migrate import apply, retention_days_from_env
+
+from . import loopback
 from .bundled import bundled_dir
-from .connection import DATABASE, ClickHouseSettings, home_dir
-from .errors import Interrupted
-from .migrate import apply, retention_days_from_env
 from .transform import marts_database, run_dbt
 
-__all__ = ["ROLLUP_SQL", "RUNS_SQL", "prometheus_config", "run", "run_dag_test"]
+__all__ = ["ROLLUP_SQL", "RUNS_SQL", "run", "run_dag_test"]
 
 EXAMPLE = bundled_dir("examples") / "batchobs_example.py"
-# prometheus.yml and the rules (prometheus/rules/*.yml) the demo's Prometheus loads
-PROMETHEUS_DIR = bundled_dir("prometheus")
 
 # The demo's two reports, read from the dbt marts (dbt/models/marts).
 RUNS_SQL = """
@@ -211,32 +210,21 @@ def _warehouse(console: Console, home: Path) -> Iterator[ClickHouseSettings]:
 @contextmanager
 def _prometheus(console: Console) -> Iterator[tuple[str, str]]:
     """A Pushgateway and a Prometheus scraping it, on loopback, if installed."""
-    gateway_bin, prom_bin = shutil.which("prometheus-pushgateway"), shutil.which("prometheus")
-    if not (gateway_bin and prom_bin):
+    if not (shutil.which("prometheus-pushgateway") and shutil.which("prometheus")):
         yield "", ""
         return
     work = Path(tempfile.mkdtemp(prefix="batchobs-demo-prom-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[loopback.Process] = []
     try:
-        gw_port, prom_port = _free_port(), _free_port()
-        gateway = f"http://127.0.0.1:{gw_port}"
-        (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{gw_port}"))
-        # a state file of its own: without one Debian's package default (machine-wide) is loaded and overwritten
-        procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}",  # noqa: S603
-                                       f"--persistence.file={work / 'pushgateway.dat'}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen([prom_bin, f"--config.file={work / 'prometheus.yml'}",  # noqa: S603
-                                       f"--storage.tsdb.path={work / 'data'}",
-                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus http://127.0.0.1:{prom_port} "
-                      f"(rules from {PROMETHEUS_DIR / 'rules'})")
-        yield gateway, f"http://127.0.0.1:{prom_port}"
+        started.append(loopback.start_pushgateway(work / "pushgateway"))
+        started.append(loopback.start_prometheus(work / "prometheus", started[0].url))
+        gateway, prometheus = (p.url for p in started)
+        console.print(f"[bold]fleet[/] Pushgateway {gateway}, Prometheus {prometheus} "
+                      f"(rules from {loopback.PROMETHEUS_DIR / 'rules'})")
+        yield gateway, prometheus
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            _reap(proc)
+        for proc in started:
+            proc.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -276,23 +264,6 @@ def _stop_group(proc: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
     proc.wait()
-
-
-def prometheus_config(gateway: str, ingester: str = "") -> str:
-    """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
-    ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
-    ``prometheus/rules`` by absolute path."""
-    import yaml  # type: ignore[import-untyped]  # dbt-core brings PyYAML; its stubs are not a dependency
-
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
-    targets = {"pushgateway": gateway, "batchobs-ingester": ingester}
-    config["scrape_configs"] = [
-        dict(job, static_configs=[{"targets": [targets[job["job_name"]]]}])
-        for job in config["scrape_configs"] if targets[job["job_name"]]
-    ]
-    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _print_fleet(console: Console, prometheus: str) -> None:
@@ -339,12 +310,6 @@ def _print_alerts(console: Console, prometheus: str) -> None:
     console.print(table)
     console.print("The example's `broken` task and its failed runs fire on purpose; in production these go to "
                   "Alertmanager (README: Grafana).", highlight=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quiet_log() -> Any:

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import importlib.util
 import logging
-import math
 import os
 import re
 import signal
@@ -26,8 +25,9 @@ from typing import TYPE_CHECKING
 
 from ingest.config import MIN_BUFFER_BYTES, RETENTIONS, IngestConfig
 from ingest.errors import IngestError
-
-from .errors import WarehouseError
+from warehouse import commands
+from warehouse.errors import WarehouseError
+from warehouse.options import PORT, seconds, whole
 
 if TYPE_CHECKING:
     from ingest.service import Ingester
@@ -40,32 +40,6 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool cut off by `| head`
 
 
-def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number in [low, high]."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text!r}")
-        return value
-    return parse
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
-
-
-_PORT = _whole(0, 65535)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,41 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     wh = sub.add_parser("warehouse", help="the ClickHouse warehouse").add_subparsers(
         dest="action", required=True
     )
-    serve = wh.add_parser("serve", help="serve a chDB data directory over ClickHouse's HTTP interface")
-    serve.add_argument("--data-dir", required=True, type=Path)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", default=8123, type=_PORT, help="0 picks a free port (default 8123)")
-    serve.add_argument("--user", default="default")
-    serve.add_argument(
-        "--password-env", default="BATCHOBS_SERVE_PASSWORD", metavar="VAR",
-        help="environment variable overriding the password (default BATCHOBS_SERVE_PASSWORD); unset: the "
-        "password generated in DATA_DIR/password; empty: no password, allowed on loopback only",
-    )
-    serve.add_argument("--max-concurrent-queries", default=16, type=_whole(1))
-    serve.add_argument("--max-connections", default=256, type=_whole(1),
-                       help="open connections; at the limit the longest-waiting one without a query is closed")
-    serve.add_argument("--max-sessions", default=64, type=_whole(1))
-    serve.add_argument("--read-timeout", default=30.0, type=float, help="seconds one read of a request may wait")
-    serve.add_argument("--queue-timeout", default=10.0, type=float,
-                       help="seconds a query waits for a free slot before failing")
-    stop = wh.add_parser("stop", help="stop the embedded server owning a data directory")
-    stop.add_argument("--data-dir", type=Path, help="default $BATCHOBS_HOME/warehouse")
+    commands.add_serve_arguments(wh.add_parser("serve", help=commands.SERVE_HELP))
+    commands.add_stop_arguments(wh.add_parser("stop", help=commands.STOP_HELP))
     wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
 
     ingest = sub.add_parser("ingest", help="tail the spool into ClickHouse (exactly-once effect)")
     ingest.add_argument("--once", action="store_true", help="drain what is there, then exit")
     ingest.add_argument("--spool-dir", type=Path, help="default $BATCHOBS_SPOOL_DIR or $BATCHOBS_HOME/spool")
     ingest.add_argument("--state-dir", type=Path, help="checkpoint and archive (default $BATCHOBS_HOME/ingest)")
-    ingest.add_argument("--batch-rows", type=_whole(1), default=IngestConfig.max_rows)
-    ingest.add_argument("--batch-bytes", type=_whole(MIN_BUFFER_BYTES), default=IngestConfig.max_bytes)
-    ingest.add_argument("--max-latency", type=_seconds, default=IngestConfig.max_latency_s,
+    ingest.add_argument("--batch-rows", type=whole(1), default=IngestConfig.max_rows)
+    ingest.add_argument("--batch-bytes", type=whole(MIN_BUFFER_BYTES), default=IngestConfig.max_bytes)
+    ingest.add_argument("--max-latency", type=seconds, default=IngestConfig.max_latency_s,
                         help="seconds a line may wait for its batch")
-    ingest.add_argument("--max-line-bytes", type=_whole(MIN_BUFFER_BYTES), default=IngestConfig.max_line_bytes)
-    ingest.add_argument("--inserts-in-flight", type=_whole(1), default=IngestConfig.inserts_in_flight,
+    ingest.add_argument("--max-line-bytes", type=whole(MIN_BUFFER_BYTES), default=IngestConfig.max_line_bytes)
+    ingest.add_argument("--inserts-in-flight", type=whole(1), default=IngestConfig.inserts_in_flight,
                         help="batches being inserted at once (committed in order)")
     ingest.add_argument("--retention", choices=RETENTIONS, default=IngestConfig.retention,
                         help="what to do with fully ingested spool files")
-    ingest.add_argument("--metrics-port", type=_PORT, default=None,
+    ingest.add_argument("--metrics-port", type=PORT, default=None,
                         help="serve /metrics on 127.0.0.1:PORT (default 9465; none with --once; 0: none)")
     ingest.add_argument("--metrics-host", default="127.0.0.1")
 
@@ -148,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: warehouse, events, audit")
-    demo.add_argument("--runs", default=3, type=_whole(1), help="runs of the sample DAG in Airflow")
+    demo.add_argument("--runs", default=3, type=whole(1), help="runs of the sample DAG in Airflow")
     return parser
 
 
@@ -225,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "warehouse" and args.action == "serve":
-        return _serve(args)
+        return commands.serve(args)
     if args.command == "warehouse" and args.action == "stop":
-        return _stop(args)
+        return commands.stop(args)
     if args.command == "warehouse" and args.action == "migrate":
         return _migrate()
     if args.command == "ingest":
@@ -329,7 +286,8 @@ def _audit_questions() -> dict[str, Question]:
 
 
 def _dbt(dbt_args: list[str]) -> int:
-    from .connection import resolve
+    from warehouse.connection import resolve
+
     from .transform import PROJECT_DIR, run_dbt
 
     if not (PROJECT_DIR / "dbt_project.yml").is_file():
@@ -340,8 +298,9 @@ def _dbt(dbt_args: list[str]) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from warehouse.connection import resolve
+
     from .audit import ask, render
-    from .connection import resolve
     from .transform import marts_database
 
     settings = resolve()
@@ -352,45 +311,9 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from . import embedded
-    from .server import DataDirInUse, InsecureBind, Limits, serve
-
-    # The override is read once and not passed on: nothing this process starts needs it.
-    password = os.environ.pop(args.password_env, None)
-    try:
-        serve(
-            args.data_dir, args.host, args.port, user=args.user, password=password,
-            max_concurrent_queries=args.max_concurrent_queries,
-            limits=Limits(max_connections=args.max_connections, max_sessions=args.max_sessions,
-                          read_timeout_s=args.read_timeout, queue_timeout_s=args.queue_timeout),
-            on_ready=lambda url: print(embedded.READY_PREFIX + url, flush=True),
-        )
-    except (DataDirInUse, InsecureBind) as exc:
-        print(f"batchobs: {exc}", file=sys.stderr)
-        return 3
-    except OSError as exc:
-        print(f"batchobs: cannot serve on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 3
-    return 0
-
-
-def _stop(args: argparse.Namespace) -> int:
-    from . import embedded
-    from .connection import home_dir
-
-    data_dir = args.data_dir or home_dir() / "warehouse"
-    server = embedded.stop(data_dir)
-    if server is None:
-        print(f"batchobs: no embedded server owns {data_dir}", file=sys.stderr)
-        return 1
-    print(f"stopped the embedded warehouse on {data_dir} (pid {server.pid})")
-    return 0
-
-
 def _migrate() -> int:
-    from .connection import resolve
-    from .migrate import MigrationError, apply, migrations, retention_days_from_env
+    from warehouse.connection import resolve
+    from warehouse.migrate import MigrationError, apply, migrations, retention_days_from_env
 
     try:
         migrations()  # refuse before starting or touching a warehouse
@@ -409,9 +332,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from ingest.errors import IngestError
     from ingest.retry import Target
     from ingest.service import Ingester, connect_when_ready, stop_on_signals
-
-    from .connection import home_dir, resolve
-    from .migrate import migrations
+    from warehouse.connection import home_dir, resolve
+    from warehouse.migrate import migrations
 
     home = home_dir()
     config = IngestConfig(

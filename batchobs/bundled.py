@@ -1,7 +1,8 @@
-"""Top-level directories of the checkout that the commands read: the dbt project, the sample DAG.
+"""Top-level directories of the checkout that the commands read: the dbt project, the sample
+DAGs, the Prometheus config.
 
 A wheel carries them as package data of this package (pyproject.toml maps ``dbt/``
-to ``warehouse/dbt/`` and ``examples/`` to ``warehouse/examples/``); a checkout
+to ``batchobs/dbt/``, and ``examples/`` and ``prometheus/`` likewise); a checkout
 (the editable install of ``make setup``) has them beside the package.  Found
 relative to the package, so they move with it.
 """
@@ -17,7 +18,7 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def bundled_dir(name: str) -> Path:
-    """The directory ``name`` (``dbt`` or ``examples``) of this installation.
+    """The directory ``name`` (``dbt``, ``examples`` or ``prometheus``) of this installation.
 
     In a checkout (``pyproject.toml`` beside the package) the top-level directory;
     else the package data, whether or not it is there (the caller names what is missing).

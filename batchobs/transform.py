@@ -15,8 +15,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from warehouse.connection import ClickHouseSettings, home_dir
+
 from .bundled import bundled_dir
-from .connection import ClickHouseSettings, home_dir
 
 __all__ = ["PROJECT_DIR", "dbt_env", "marts_database", "run_dbt"]
 
