@@ -13,6 +13,9 @@ from . import spoolfiles
 __all__ = ["IngestMetrics"]
 
 
+RETRY_KINDS = ("unavailable", "rejected")  # the retries metric's kind label
+
+
 class IngestMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -26,6 +29,8 @@ class IngestMetrics:
                                "Warehouse calls retried, by kind: unavailable (an outage, retried with "
                                "backoff) or rejected (needs a person: wrong password, missing table, ...)",
                                ["kind"], registry=r)
+        for kind in RETRY_KINDS:  # each series from 0, so rate() and alerts see the first retry
+            self.retries.labels(kind=kind)
         self.insert_seconds = Histogram("batchobs_ingest_insert_seconds", "Time to land one batch", registry=r,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.spool_entries_skipped = Counter(

@@ -29,6 +29,8 @@ from typing import BinaryIO
 
 from listener.spool import host_token
 
+from .lock import LOCK_NAME
+
 __all__ = ["CHANGES", "Changed", "Chunk", "Identity", "SpoolFile", "finished", "latest_sequences", "list_files",
            "loss_reason", "read_chunk", "read_range"]
 
@@ -65,6 +67,8 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
     except FileNotFoundError:
         return []
     for entry in entries:
+        if entry.name == LOCK_NAME:
+            continue  # the ingester's own lock (ingest/lock.py)
         match = _NAME.match(entry.name)
         if not match or not _utf8(entry.name):
             skip(entry.name, "name", "not named as the listener names spool files (<host>-<pid>-<start>-<seq>.jsonl)")

@@ -25,7 +25,7 @@ from listener.contract import encode
 from listener.spool import Spool
 from listener.testing import history
 from warehouse.connection import ClickHouseSettings
-from warehouse.migrate import apply
+from warehouse.migrate import apply, migrations
 
 from . import servers
 
@@ -90,7 +90,7 @@ class TestRefusalsEndOnce:
         done = ingest_once(url_of(database, password="not-the-password-42"), spooled)
         assert 1 == done.returncode, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith("batchobs ingest: ClickHouse at http://")
+        assert last.startswith("batchobs: ClickHouse at http://")
         assert f"refused the password for user {database.username!r}" in last
         assert "BATCHOBS_CLICKHOUSE_URL" in last
         assert "not-the-password-42" not in done.stderr + done.stdout
@@ -121,10 +121,12 @@ class TestRefusalsEndOnce:
 
     def test_an_older_migration(self, database: ClickHouseSettings, admin: Any, spooled: Path) -> None:
         """A database migrated by an older release (a migration missing): migrate."""
-        admin.command(f"DELETE FROM {database.database}.schema_migrations WHERE version = 3")
+        latest = migrations()[-1].version
+        admin.command(f"DELETE FROM {database.database}.schema_migrations WHERE version = {latest}")
         done = ingest_once(url_of(database), spooled)
         assert 1 == done.returncode, done.stderr[-2000:]
-        assert "is migrated to version 2, this ingester needs 3: run `batchobs warehouse migrate`" in done.stderr
+        assert (f"is migrated to version {latest - 1}, this ingester needs {latest}: run `batchobs warehouse migrate`"
+                in done.stderr)
 
 
 class TestRefusalWhileInserting:

@@ -66,7 +66,7 @@ def test_a_second_ingester_is_refused_naming_the_owner(database: ClickHouseSetti
         said = (tmp_path / "second.log").read_text().strip().splitlines()
         assert 1 == len(said), said
         owned = other_state if "state" in shared else other_spool  # the state directory is taken first
-        assert said[0] == (f"batchobs ingest: another ingester (pid {first.pid} on {socket.gethostname()}) "
+        assert said[0] == (f"batchobs: another ingester (pid {first.pid} on {socket.gethostname()}) "
                            f"is using {owned.resolve()}: stop it first, or give this one its own "
                            "--spool-dir and --state-dir")
         assert first.poll() is None

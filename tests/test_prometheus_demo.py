@@ -20,7 +20,7 @@ def test_demo_gateway_and_prometheus() -> None:
         wait_http(gateway + "/-/ready")
         flags = get_json(gateway + "/api/v1/status")["data"]["flags"]
         state = Path(flags["persistence.file"])
-        assert state.name == "pushgateway.dat" and state.parent.name.startswith("batchobs-demo-prom-")
+        assert state.name == "pushgateway.dat" and state.parent.parent.name.startswith("batchobs-demo-prom-")
         wait_http(prometheus + "/-/ready", timeout_s=30)
         groups = {g["name"] for g in get_json(prometheus + "/api/v1/rules")["data"]["groups"]}
         assert {"batchobs-thresholds", "batchobs-ingest", "batchobs-alerts"} == groups
