@@ -79,11 +79,13 @@ def start_pushgateway(workdir: Path) -> Process:
     return Process(url, proc)
 
 
-def start_prometheus(workdir: Path, gateway_url: str, ingester: str = "") -> Process:
-    """Prometheus with the project's scrape config and rules; ``ingester`` is host:port of a /metrics."""
+def start_prometheus(workdir: Path, gateway_url: str = "", ingester: str = "", statsd_exporter: str = "") -> Process:
+    """Prometheus with the project's scrape config and rules; ``ingester`` and ``statsd_exporter`` are
+    host:port of a /metrics; the jobs of targets not given are left out."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "prometheus.yml").write_text(demo.prometheus_config(gateway_url.split("//", 1)[1], ingester))
+    config = demo.prometheus_config(gateway_url.split("//", 1)[-1], ingester, statsd_exporter)
+    (workdir / "prometheus.yml").write_text(config)
     proc = subprocess.Popen(
         [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
          f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

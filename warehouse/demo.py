@@ -278,19 +278,19 @@ def _stop_group(proc: subprocess.Popen[Any]) -> None:
     proc.wait()
 
 
-def prometheus_config(gateway: str, ingester: str = "") -> str:
+def prometheus_config(gateway: str, ingester: str = "", statsd_exporter: str = "") -> str:
     """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
-    ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
-    ``prometheus/rules`` by absolute path."""
+    ingester's /metrics and statsd-exporter at theirs, if given) scraped every second, the rules
+    loaded from ``prometheus/rules`` by absolute path; a job with no address given is left out."""
     import yaml  # type: ignore[import-untyped]  # dbt-core brings PyYAML; its stubs are not a dependency
 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
-    targets = {"pushgateway": gateway, "batchobs-ingester": ingester}
+    targets = {"pushgateway": gateway, "batchobs-ingester": ingester, "statsd-exporter": statsd_exporter}
     config["scrape_configs"] = [
         dict(job, static_configs=[{"targets": [targets[job["job_name"]]]}])
-        for job in config["scrape_configs"] if targets[job["job_name"]]
+        for job in config["scrape_configs"] if targets.get(job["job_name"])
     ]
     return str(yaml.safe_dump(config, sort_keys=False))
 
