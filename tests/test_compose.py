@@ -269,6 +269,7 @@ class TestGrafana:
         profile = users.find(f"profiles/{user.findtext('profile')}")
         assert profile is not None and profile.findtext("readonly") in ("1", "2")
         server_var = user.find("password").get("from_env")  # type: ignore[union-attr]
+        assert server_var in clickhouse, f"the clickhouse service does not set {server_var} ({CLICKHOUSE_USERS.name})"
         markers = {k: f"from-env-{k}" for k in example_env}
         given_to_grafana = interpolate(grafana[password_var.group(1)], markers)
         given_to_clickhouse = interpolate(clickhouse[server_var], markers)
