@@ -80,11 +80,13 @@ def start_pushgateway(workdir: Path) -> Process:
     return Process(url, proc)
 
 
-def start_prometheus(workdir: Path, gateway_url: str, ingester: str = "") -> Process:
-    """Prometheus with the project's scrape config and rules; ``ingester`` is host:port of a /metrics."""
+def start_prometheus(workdir: Path, gateway_url: str = "", ingester: str = "", statsd_exporter: str = "") -> Process:
+    """Prometheus with the project's scrape config and rules; ``ingester`` and ``statsd_exporter`` are
+    host:port of a /metrics; the jobs of targets not given are left out."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "prometheus.yml").write_text(prometheus_config(gateway_url.split("//", 1)[1], ingester))
+    config = prometheus_config(gateway_url.split("//", 1)[-1], ingester, statsd_exporter)
+    (workdir / "prometheus.yml").write_text(config)
     proc = subprocess.Popen(  # noqa: S603 - a Debian binary, fixed arguments
         [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
          f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -95,16 +97,16 @@ def start_prometheus(workdir: Path, gateway_url: str, ingester: str = "") -> Pro
     return Process(url, proc)
 
 
-def prometheus_config(gateway: str, ingester: str = "") -> str:
+def prometheus_config(gateway: str, ingester: str = "", statsd_exporter: str = "") -> str:
     """``prometheus/prometheus.yml`` for loopback: the Pushgateway at ``host:port`` (and the
-    ingester's /metrics at ``ingester``, if given) scraped every second, the rules loaded from
-    ``prometheus/rules`` by absolute path."""
+    ingester's /metrics and statsd-exporter at theirs, if given) scraped every second, the rules
+    loaded from ``prometheus/rules`` by absolute path; a job with no address given is left out."""
     import yaml  # type: ignore[import-untyped]  # dbt-core brings PyYAML; its stubs are not a dependency
 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
-    targets = {"pushgateway": gateway, "batchobs-ingester": ingester}  # other jobs (statsd-exporter) are left out
+    targets = {"pushgateway": gateway, "batchobs-ingester": ingester, "statsd-exporter": statsd_exporter}
     config["scrape_configs"] = [
         dict(job, static_configs=[{"targets": [targets[job["job_name"]]]}])
         for job in config["scrape_configs"] if targets.get(job["job_name"])

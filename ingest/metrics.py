@@ -10,10 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from . import spoolfiles
 
-__all__ = ["IngestMetrics"]
+__all__ = ["RETRY_KINDS", "IngestMetrics"]
 
-
-RETRY_KINDS = ("unavailable", "rejected")  # the retries metric's kind label
+RETRY_KINDS = ("unavailable", "rejected")  # the kind label of the retries metric (service.retry_kind)
 
 
 class IngestMetrics:
@@ -29,7 +28,7 @@ class IngestMetrics:
                                "Warehouse calls retried, by kind: unavailable (an outage, retried with "
                                "backoff) or rejected (needs a person: wrong password, missing table, ...)",
                                ["kind"], registry=r)
-        for kind in RETRY_KINDS:  # each series from 0, so rate() and alerts see the first retry
+        for kind in RETRY_KINDS:  # exported at 0 from the start: a rate of no retries is 0, not no data
             self.retries.labels(kind=kind)
         self.insert_seconds = Histogram("batchobs_ingest_insert_seconds", "Time to land one batch", registry=r,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

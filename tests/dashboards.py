@@ -16,6 +16,9 @@ GRAFANA = ROOT / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 PROMETHEUS_TYPE = "prometheus"
 CLICKHOUSE_TYPE = "grafana-clickhouse-datasource"
+FLEET = "batchobs-fleet"
+# Fleet's row of Airflow's own metrics: Airflow -> StatsD -> statsd-exporter -> Prometheus
+STATSD_ROW = "Scheduler and pools (Airflow's own metrics, StatsD)"
 
 
 def datasources() -> list[dict[str, Any]]:
@@ -50,6 +53,25 @@ class Target:
     @property
     def kind(self) -> str:
         return str(self.target["datasource"]["type"])
+
+
+def row_of(board: dict[str, Any]) -> dict[int, str]:
+    """Panel id -> title of the row it sits under ("" above the first row): an open row holds the
+    panels after it up to the next row, a collapsed one those nested in it."""
+    rows: dict[int, str] = {}
+    current = ""
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            rows.update({nested["id"]: current for nested in panel.get("panels", [])})
+        rows[panel["id"]] = current
+    return rows
+
+
+def statsd_targets() -> list[Target]:
+    """The queries of Fleet's StatsD row: their series exist only where statsd-exporter is scraped."""
+    rows = row_of(load()[FLEET])
+    return [t for t in targets() if t.board == FLEET and rows[t.panel["id"]] == STATSD_ROW]
 
 
 def targets() -> list[Target]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import jsonschema
 import pytest
@@ -24,9 +26,13 @@ SCHEMA = ROOT / "tests" / "compose-spec" / "compose-spec.json"
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"  # tests/compose-spec/SOURCE.md
 ENV_EXAMPLE = ROOT / ".env.example"
 SPOOL_VOLUME = "spool"
-# Mounted paths another issue adds (grafana provisioning and dashboards, Prometheus rules):
-# skipped while absent from this branch, checked as soon as they exist.
-AWAITED = {"grafana/provisioning": "issue 14", "grafana/dashboards": "issue 14", "prometheus/rules": "issue 14"}
+PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"  # the one scrape config, compose's too
+GRAFANA_PROVISIONING = ROOT / "grafana" / "provisioning"
+CLICKHOUSE_USERS = ROOT / "deploy" / "compose" / "clickhouse-users.xml"
+# Grafana's default paths.provisioning (the image's GF_PATHS_PROVISIONING)
+GRAFANA_PROVISIONING_DIR = "/etc/grafana/provisioning"
+# $VAR or ${VAR} in a provisioning value: Grafana expands them from its environment
+PROVISIONING_ENV = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 # Ports the services listen on when their command does not say (each image's documented default).
 IMAGE_PORTS = {"prom/pushgateway": 9091, "prom/prometheus": 9090, "clickhouse/clickhouse-server": 8123,
                "grafana/grafana": 3000}
@@ -43,6 +49,29 @@ def example_env() -> dict[str, str]:
     pairs = [line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _flag(service: dict[str, Any], name: str) -> str:
+    """The value of ``--name=value`` in a service's command."""
+    [value] = [str(w).split("=", 1)[1] for w in service.get("command") or [] if str(w).startswith(name + "=")]
+    return value
+
+
+def _grafana_datasources() -> list[dict[str, Any]]:
+    files = sorted((GRAFANA_PROVISIONING / "datasources").glob("*.y*ml"))
+    return [d for f in files for d in (yaml.safe_load(f.read_text()) or {}).get("datasources", [])]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a parsed YAML value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _listen_ports(service: dict[str, Any]) -> set[int]:
@@ -115,10 +144,7 @@ class TestMounts:
                                                for src, _ in mounts(s) if src.startswith(".")}))
     def test_mounted_path_exists(self, source: str) -> None:
         """Every path the stack bind-mounts exists in the repository."""
-        relative = source.removeprefix("./")
-        if relative in AWAITED and not (ROOT / relative).exists():
-            pytest.skip(f"{relative} comes with {AWAITED[relative]}, not in this branch yet")
-        assert (ROOT / relative).exists()
+        assert (ROOT / source.removeprefix("./")).exists()
 
     def test_ingester_and_every_airflow_container_share_the_spool(self, doc: dict[str, Any]) -> None:
         """The ingester and every Airflow container mount one spool volume where BATCHOBS_SPOOL_DIR points."""
@@ -146,26 +172,40 @@ class TestNetwork:
         assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports)
 
     def test_prometheus_targets_are_services_and_their_ports(self, doc: dict[str, Any]) -> None:
-        """Each scrape target is a compose service at a port it listens on (Prometheus itself on localhost)."""
-        config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+        """Each target of prometheus/prometheus.yml is a compose service at a port it listens on."""
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
         wrong = []
         for job in config["scrape_configs"]:
             for target in (t for group in job["static_configs"] for t in group["targets"]):
                 host, port = target.rsplit(":", 1)
-                name = "prometheus" if host == "localhost" else host
-                service = services(doc).get(name)
+                service = services(doc).get(host)
                 if service is None or int(port) not in _listen_ports(service):
                     wrong.append(target)
         assert [] == wrong
-        assert {"pushgateway", "statsd-exporter", "ingester"} <= {j["job_name"] for j in config["scrape_configs"]}
+        # batchobs-ingester: the job BatchobsIngesterDown and Pipeline health key on
+        jobs = {j["job_name"] for j in config["scrape_configs"]}
+        assert {"pushgateway", "statsd-exporter", "batchobs-ingester"} == jobs
         gateway = next(j for j in config["scrape_configs"] if j["job_name"] == "pushgateway")
         assert gateway.get("honor_labels") is True
 
+    def test_prometheus_runs_the_one_config(self, doc: dict[str, Any]) -> None:
+        """The compose Prometheus's --config.file is prometheus/prometheus.yml, mounted."""
+        prometheus = services(doc)["prometheus"]
+        config_file = _flag(prometheus, "--config.file")
+        assert ("./prometheus/prometheus.yml", config_file) in mounts(prometheus)
+
     def test_prometheus_loads_the_mounted_rules(self, doc: dict[str, Any]) -> None:
-        """The rule_files glob points into the directory prometheus/rules is mounted at."""
-        config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
-        targets = {target for _, target in mounts(services(doc)["prometheus"])}
-        assert all(str(Path(pattern).parent) in targets for pattern in config["rule_files"])
+        """Each rule_files pattern, relative to the config file, resolves in the container to where the
+        repository directory it names is mounted, and matches rule files there."""
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        prometheus = services(doc)["prometheus"]
+        config_dir = Path(_flag(prometheus, "--config.file")).parent
+        by_target = {target: source for source, target in mounts(prometheus)}
+        assert config["rule_files"]
+        for pattern in config["rule_files"]:
+            in_repo = (PROMETHEUS_CONFIG.parent / pattern).parent.relative_to(ROOT)
+            assert f"./{in_repo}" == by_target.get(str(config_dir / Path(pattern).parent)), pattern
+            assert list(PROMETHEUS_CONFIG.parent.glob(pattern)), pattern
 
     def test_listener_and_warehouse_urls_name_services(self, doc: dict[str, Any], example_env: dict[str, str]) -> None:
         """The Pushgateway, ClickHouse and StatsD addresses given to batchobs and Airflow are services and ports."""
@@ -189,21 +229,61 @@ class TestNetwork:
 
     def test_grafana_datasources_point_at_the_services(self, doc: dict[str, Any]) -> None:
         """The provisioned ClickHouse and Prometheus data sources use the compose services' hosts and ports."""
-        files = sorted((ROOT / "grafana" / "provisioning" / "datasources").glob("*.y*ml"))
-        if not files:
-            pytest.skip("no grafana/provisioning/datasources/*.yaml in this branch yet (issue 14)")
-        sources = [d for f in files for d in (yaml.safe_load(f.read_text()) or {}).get("datasources", [])]
+        sources = _grafana_datasources()
         by_name = services(doc)
         clickhouse = [d for d in sources if d["type"] == "grafana-clickhouse-datasource"]
-        assert clickhouse, "no ClickHouse data source provisioned"
+        prometheus = [d for d in sources if d["type"] == "prometheus"]
+        assert clickhouse and prometheus
         for source in clickhouse:
             data = source["jsonData"]
             assert data["host"] in by_name and "clickhouse-server" in str(by_name[data["host"]]["image"])
             expected_port = 8123 if data.get("protocol") == "http" else 9000
             assert expected_port == int(data["port"])
-        for source in (d for d in sources if d["type"] == "prometheus"):
+        for source in prometheus:
             url = urlsplit(source["url"])
-            assert url.hostname in by_name and url.port in _listen_ports(by_name[url.hostname])
+            assert url.hostname in by_name and "prom/prometheus" in str(by_name[url.hostname]["image"])
+            assert url.port in _listen_ports(by_name[url.hostname])
+
+
+class TestGrafana:
+    def test_every_variable_the_provisioning_reads_is_set(self, doc: dict[str, Any]) -> None:
+        """Each $VAR the data source provisioning expands is in the grafana service's environment
+        (Grafana expands an unset one to an empty string, silently)."""
+        read = {name for source in _grafana_datasources() for value in _strings(source)
+                for name in PROVISIONING_ENV.findall(value)}
+        assert {"BATCHOBS_GRAFANA_CLICKHOUSE_USER", "BATCHOBS_GRAFANA_CLICKHOUSE_PASSWORD"} <= read
+        assert set() == read - environment(services(doc)["grafana"]).keys()
+
+    def test_grafana_logs_in_as_the_read_only_clickhouse_user(self, doc: dict[str, Any],
+                                                              example_env: dict[str, str]) -> None:
+        """The user Grafana is given is the read-only user of clickhouse-users.xml, and its password
+        comes from the same .env variable the ClickHouse server gives that user."""
+        source = next(d for d in _grafana_datasources() if d["type"] == "grafana-clickhouse-datasource")
+        user_var = PROVISIONING_ENV.fullmatch(source["jsonData"]["username"])
+        password_var = PROVISIONING_ENV.fullmatch(source["secureJsonData"]["password"])
+        assert user_var and password_var
+        grafana, clickhouse = (environment(services(doc)[name]) for name in ("grafana", "clickhouse"))
+        users = ElementTree.parse(CLICKHOUSE_USERS).getroot()
+        user = users.find(f"users/{grafana[user_var.group(1)]}")
+        assert user is not None, f"no user {grafana[user_var.group(1)]!r} in {CLICKHOUSE_USERS.name}"
+        profile = users.find(f"profiles/{user.findtext('profile')}")
+        assert profile is not None and profile.findtext("readonly") in ("1", "2")
+        server_var = user.find("password").get("from_env")  # type: ignore[union-attr]
+        assert server_var in clickhouse, f"the clickhouse service does not set {server_var} ({CLICKHOUSE_USERS.name})"
+        markers = {k: f"from-env-{k}" for k in example_env}
+        given_to_grafana = interpolate(grafana[password_var.group(1)], markers)
+        given_to_clickhouse = interpolate(clickhouse[server_var], markers)
+        assert given_to_grafana.startswith("from-env-") and given_to_grafana == given_to_clickhouse
+
+    def test_provisioning_and_dashboards_are_mounted_where_grafana_reads_them(self, doc: dict[str, Any]) -> None:
+        """grafana/provisioning at Grafana's provisioning directory; grafana/dashboards at the path the
+        dashboard provider loads."""
+        grafana = mounts(services(doc)["grafana"])
+        assert ("./grafana/provisioning", GRAFANA_PROVISIONING_DIR) in grafana
+        providers = [p for f in sorted((GRAFANA_PROVISIONING / "dashboards").glob("*.y*ml"))
+                     for p in yaml.safe_load(f.read_text())["providers"]]
+        assert providers
+        assert all(("./grafana/dashboards", p["options"]["path"]) in grafana for p in providers)
 
 
 class TestReadiness:

@@ -22,6 +22,7 @@ import pytest
 
 from . import servers
 from .compose import ROOT
+from .grafana_expand import Scope, TimeRange, Variable, clickhouse_format, interpolate
 
 pytestmark = pytest.mark.slow
 DAG_ID = "batchobs_example"
@@ -56,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "AIRFLOW_JWT_SECRET": secrets.token_hex(32), "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
         "AIRFLOW_UID": str(os.getuid()), "AIRFLOW_PORT": str(servers.free_port()),
         "CLICKHOUSE_USER": "batchobs", "CLICKHOUSE_PASSWORD": secrets.token_hex(16),
-        "CLICKHOUSE_GRAFANA_PASSWORD": secrets.token_hex(16), "GRAFANA_ADMIN_USER": "admin",
+        "BATCHOBS_GRAFANA_CLICKHOUSE_PASSWORD": secrets.token_hex(16), "GRAFANA_ADMIN_USER": "admin",
         "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16), "GRAFANA_PORT": str(servers.free_port()),
     }
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -98,17 +99,24 @@ def _clickhouse(stack: dict[str, Any], sql: str, run_id: str) -> str:
     return done.stdout.strip()
 
 
+def _trigger_and_wait(airflow: str, auth: dict[str, str], dag_id: str) -> tuple[str, str]:
+    """Trigger a run of ``dag_id`` and wait for it to end: (run_id, state)."""
+    run_id = _request(f"{airflow}/api/v2/dags/{dag_id}/dagRuns", "POST", {"logical_date": None}, auth)["dag_run_id"]
+    state = _wait(lambda: (s := _request(f"{airflow}/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=auth)["state"])
+                  in ("success", "failed") and s, 900, f"the run of {dag_id} to finish")
+    return run_id, str(state)
+
+
 def test_a_dag_run_lands_in_clickhouse_and_grafana_reads_it(stack: dict[str, Any]) -> None:
-    """The example DAG's events reach ClickHouse through the ingester; Grafana's ClickHouse data source reads them."""
+    """The example DAG's events reach ClickHouse through the ingester, the dbt DAG builds the marts,
+    and Run detail's tries panel, sent through Grafana's ClickHouse data source, lists the run's tries."""
     env = stack["env"]
     airflow = f"http://127.0.0.1:{env['AIRFLOW_PORT']}"
     token = _request(airflow + "/auth/token", "POST",
                      {"username": env["AIRFLOW_ADMIN_USER"], "password": env["AIRFLOW_ADMIN_PASSWORD"]})["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
     _wait(lambda: _request(f"{airflow}/api/v2/dags/{DAG_ID}", headers=auth), 300, "the example DAG to be parsed")
-    run_id = _request(f"{airflow}/api/v2/dags/{DAG_ID}/dagRuns", "POST", {"logical_date": None}, auth)["dag_run_id"]
-    _wait(lambda: _request(f"{airflow}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", headers=auth)["state"]
-          in ("success", "failed"), 600, "the run to finish")
+    run_id, _ = _trigger_and_wait(airflow, auth, DAG_ID)
     # the run's end arrives last; once it is in ClickHouse the ingester has caught up with the run
     _wait(lambda: _clickhouse(stack, "SELECT count() FROM batchobs.events FINAL WHERE kind = 'dag_run' "
                                      "AND run_id = {run:String} AND state IN ('success', 'failed')", run_id) == "1",
@@ -116,28 +124,24 @@ def test_a_dag_run_lands_in_clickhouse_and_grafana_reads_it(stack: dict[str, Any
     tasks = int(_clickhouse(stack, "SELECT uniqExact(task_id) FROM batchobs.events WHERE run_id = {run:String} "
                                    "AND kind = 'task_instance'", run_id))
     assert 6 == tasks
+    assert "success" == _trigger_and_wait(airflow, auth, "batchobs_dbt_build")[1]
     grafana = f"http://127.0.0.1:{env['GRAFANA_PORT']}"
     basic = base64.b64encode(f"{env['GRAFANA_ADMIN_USER']}:{env['GRAFANA_ADMIN_PASSWORD']}".encode()).decode()
     headers = {"Authorization": f"Basic {basic}"}
-    sources = _request(grafana + "/api/datasources", headers=headers)
-    uid = next(s["uid"] for s in sources if s["type"] == "grafana-clickhouse-datasource")
-    answer = _request(grafana + "/api/ds/query", "POST",
-                      {"from": "now-1h", "to": "now", "queries": [dict(_panel_query(), datasource={
-                          "type": "grafana-clickhouse-datasource", "uid": uid})]}, headers)
+    target = _tries_target()
+    # dashboard variables are filled in by Grafana's frontend (here: tests/grafana_expand.py); macros by the plugin
+    variables = {"dag_id": Variable("dag_id", DAG_ID), "run_id": Variable("run_id", run_id)}
+    sql = interpolate(target["rawSql"], Scope(variables, TimeRange(0, 0)), clickhouse_format)
+    answer = _request(grafana + "/api/ds/query", "POST", {"from": "now-1h", "to": "now", "queries": [
+        {"refId": "A", "editorType": "sql", "format": target["format"], "rawSql": sql,
+         "datasource": target["datasource"]}]}, headers)
     result = answer["results"]["A"]
     assert "error" not in result, result
-    assert result["frames"] and result["frames"][0]["data"]["values"][0], "the panel query returned no rows"
+    assert result["frames"] and len(result["frames"][0]["data"]["values"][0]) >= tasks, "fewer rows than tasks"
 
 
-def _panel_query() -> dict[str, Any]:
-    """A ClickHouse panel's query from the provisioned dashboards (one using only macros, no
-    dashboard variables, which only Grafana's frontend fills in); else a count of recent events."""
-    for path in sorted((ROOT / "grafana" / "dashboards").rglob("*.json")):
-        panels = json.loads(path.read_text()).get("panels", [])
-        for panel in panels + [p for row in panels for p in row.get("panels", [])]:
-            for target in panel.get("targets", []):
-                sql = str(target.get("rawSql", ""))
-                if "clickhouse" in str(target.get("datasource", "")) and sql and "$" not in sql.replace("$__", ""):
-                    return {"refId": "A", "editorType": "sql", "format": target.get("format", 1), "rawSql": sql}
-    return {"refId": "A", "editorType": "sql", "format": 1,
-            "rawSql": "SELECT count() AS events FROM batchobs.events WHERE $__timeFilter(emitted_at)"}
+def _tries_target() -> dict[str, Any]:
+    """Run detail's query of every try of every task (data source uid as provisioned)."""
+    board = json.loads((ROOT / "grafana" / "dashboards" / "run-detail.json").read_text())
+    panel = next(p for p in board["panels"] if p["title"] == "Every try of every task")
+    return dict(panel["targets"][0])

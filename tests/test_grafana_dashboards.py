@@ -64,6 +64,9 @@ class TestDashboards:
         assert 1 == ids.count(panel["id"])
         pos = panel["gridPos"]
         assert pos["w"] > 0 and pos["h"] > 0 and pos["x"] + pos["w"] <= 24
+        if panel["type"] == "row":  # a row header: no query of its own
+            assert (0, 24, 1) == (pos["x"], pos["w"], pos["h"]) and "targets" not in panel
+            return
         assert panel["datasource"]["uid"] in SOURCE_TYPES
         assert panel["targets"]
         for target in panel["targets"]:
@@ -89,11 +92,41 @@ class TestDashboards:
         names = {v["name"] for v in board["templating"]["list"]}
         for variable in dashboards.query_variables(board):
             assert variable["datasource"]["uid"] in SOURCE_TYPES
-        texts = [t.get("rawSql") or t.get("expr") for p in dashboards.panels(board) for t in p["targets"]]
+        texts = [t.get("rawSql") or t.get("expr") for p in dashboards.panels(board) for t in p.get("targets", [])]
         texts += [dashboards.variable_query(v) for v in dashboards.query_variables(board)]
         for text in texts:
             for name in re.findall(r"\$\{?(\w+)", text):
                 assert name.startswith("__") or name in names, f"{uid}: unknown variable ${name} in {text!r}"
+
+
+    @pytest.mark.parametrize("uid", sorted(BOARDS))
+    def test_panels_do_not_overlap(self, uid: str) -> None:
+        """No two panels of a board share a grid cell (a merged row sits below what was there)."""
+        cells: dict[tuple[int, int], str] = {}
+        for panel in BOARDS[uid]["panels"]:
+            pos = panel["gridPos"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[x, y]!r}"
+                    cells[x, y] = panel["title"]
+
+    def test_only_the_statsd_row_reads_airflows_own_metrics(self) -> None:
+        """Fleet has the StatsD row; every query in it reads an airflow_* metric (statsd-exporter's
+        names), and no other query does: only those may come back empty where StatsD is not scraped."""
+        statsd = {t.id for t in dashboards.statsd_targets()}
+        assert statsd
+        reads_airflow = {t.id for t in dashboards.targets() if re.search(r"\bairflow_\w+", t.target.get("expr", ""))}
+        assert statsd == reads_airflow
+
+    def test_readme_counts_the_queries(self) -> None:
+        """The README's count of the queries tests/test_grafana_live.py runs is the dashboards' count."""
+        readme = " ".join((dashboards.ROOT / "README.md").read_text().split())
+        counts = re.search(r"\((\d+) panel queries and (\d+) variable queries\)", readme)
+        statsd = re.search(r"the (\d+) queries of Fleet's StatsD row", readme)
+        assert counts and statsd, "the README no longer states the counts"
+        variables = sum(len(dashboards.query_variables(board)) for board in BOARDS.values())
+        assert (len(dashboards.targets()), variables) == tuple(map(int, counts.groups()))
+        assert len(dashboards.statsd_targets()) == int(statsd.group(1))
 
 
 def _scope_for(uid: str, panel: dict[str, Any], link: dict[str, Any]) -> Scope:

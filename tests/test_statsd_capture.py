@@ -10,7 +10,6 @@ table says. A new metric in a later Airflow fails the test until the table names
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from . import servers
+from . import dashboards, servers
 from .statsd_mapper import Mapper, exporter_registry, parse_line
 from .test_listener_scheduler import api, wait_for
 
@@ -240,25 +239,19 @@ def test_no_run_id_label(captured: list[str], mapper: Mapper) -> None:
     assert [] == [m for m in labelled if m.name and "run_id" in m.labels]
 
 
-
-SCHEDULER_ROW = ROOT / "grafana" / "fleet-scheduler-row.json"
-
-
-def _row_targets() -> list[dict[str, Any]]:
-    panels = json.loads(SCHEDULER_ROW.read_text())["panels"]
-    return [t for p in panels for t in p.get("targets", [])]
-
-
 def test_the_scheduler_row_queries_answer_from_the_mapped_metrics(captured: list[str], mapper: Mapper,
                                                                   tmp_path: Path) -> None:
-    """Every PromQL query of the Fleet scheduler-and-pools row returns series from a real Prometheus
-    scraping what statsd-exporter would expose for the captured lines, with its grouping labels set."""
+    """Every PromQL query of Fleet's scheduler-and-pools row (grafana/dashboards/fleet.json) returns
+    series from a real Prometheus scraping, as its statsd-exporter job, what statsd-exporter would
+    expose for the captured lines, with its grouping labels set."""
+    row = [t.target for t in dashboards.statsd_targets()]
+    assert row, f"no panel under the row {dashboards.STATSD_ROW!r} in Fleet"
     registry = exporter_registry(mapper, captured)
     exporter, thread = start_http_server(0, "127.0.0.1", registry)
-    prometheus = servers.start_prometheus(tmp_path / "prometheus", f"http://127.0.0.1:{exporter.server_port}")
+    prometheus = servers.start_prometheus(tmp_path / "prometheus", statsd_exporter=f"127.0.0.1:{exporter.server_port}")
     try:
         empty = []
-        for target in _row_targets():
+        for target in row:
             grouping = re.search(r"\bby \(([^)]*)\)", target["expr"])
             labels = [g.strip() for g in grouping.group(1).split(",") if g.strip() != "le"] if grouping else []
             try:
