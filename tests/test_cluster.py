@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from ingest.retry import Retry, Target
-from ingest.writer import DISTRIBUTED_SETTINGS, Writer
+from ingest.writer import Writer
 from warehouse import embedded
 from warehouse.connection import ClickHouseSettings
 from warehouse.layout import (
@@ -230,6 +230,8 @@ class TestOnChdb:
             rows = [line.split("\t") for line in got["clusters"].splitlines()]
             assert [(CLUSTER, 9000)] * 4 == [(r[0], int(r[4])) for r in rows]
             assert [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")] == [(r[1], r[2]) for r in rows]
+            # the node is in remote_servers under the shard its macro names (the Keeper path's {shard})
+            assert [int(env["CLICKHOUSE_SHARD"])] == [int(r[1]) for r in rows if r[3] == name]
             expected_hosts.append(rows)
         assert sorted(nodes) == sorted(r[3] for r in expected_hosts[0])
         assert all(rows == expected_hosts[0] for rows in expected_hosts)
@@ -329,13 +331,13 @@ class TestWriter:
                                    "dead-tok")  # type: ignore[list-item]
         assert [("events", "tok"), ("dead_letters", "dead-tok")] == [
             (table, s["insert_deduplication_token"]) for table, s in client.inserts]
-        assert all(s.items() >= DISTRIBUTED_SETTINGS.items() for _, s in client.inserts)
+        assert [1, 1] == [s.get("distributed_foreground_insert") for _, s in client.inserts]
 
     def test_on_one_server_nothing_changes(self, database: ClickHouseSettings) -> None:
         """One server (the real one of this session): no distributed setting, ClickHouse's own count."""
         client = RecordingClient("ReplacingMergeTree")
         assert 6 == Writer(client, self.retry()).insert_events(b"{}\n{}\n{}\n", "tok", 3)
-        assert not any(key in client.inserts[0][1] for key in DISTRIBUTED_SETTINGS)
+        assert "distributed_foreground_insert" not in client.inserts[0][1]
         assert Writer(database.client(), self.retry()).distributed is False
 
 
