@@ -193,7 +193,8 @@ class TestOnChdb:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert "error" not in result, result.get("error")
         assert {"events": "Distributed", "events_local": "ReplacingMergeTree", "dead_letters": "Distributed",
-                "dead_letters_local": "ReplacingMergeTree", "schema_migrations": "ReplacingMergeTree"} == result["engines"]
+                "dead_letters_local": "ReplacingMergeTree",
+                "schema_migrations": "ReplacingMergeTree"} == result["engines"]
         assert "VIOLATED_CONSTRAINT" in result["refused"]
         assert "Insertion status" in result["refused"]  # the Distributed table's foreground path answered
         assert 0 == result["rows_after_refusal"]
