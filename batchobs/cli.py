@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ingest.service import Ingester
 
     from .audit import Question
+    from .layout import Layout
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "main"]
 
@@ -54,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_serve_arguments(wh.add_parser("serve", help=commands.SERVE_HELP))
     commands.add_stop_arguments(wh.add_parser("stop", help=commands.STOP_HELP))
-    wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
+    migrate = wh.add_parser("migrate", help="create the database and apply pending migrations (idempotent)",
+                            description="On a cluster (BATCHOBS_CLICKHOUSE_CLUSTER) every table is created ON CLUSTER, "
+                            "replicated, behind a Distributed table of the same name.")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="print the statements it would run, in order, and run none (asks the warehouse, "
+                         "read-only, what is applied; a stopped embedded warehouse is not started)")
 
     ingest = sub.add_parser("ingest", help="tail the spool into ClickHouse (exactly-once effect)")
     ingest.add_argument("--once", action="store_true", help="drain what is there, then exit")
@@ -186,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "warehouse" and args.action == "stop":
         return commands.stop(args)
     if args.command == "warehouse" and args.action == "migrate":
-        return _migrate()
+        return _migrate(args.dry_run)
     if args.command == "ingest":
         return _ingest(args)
     if args.command == "dbt":
@@ -311,8 +317,9 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate() -> int:
+def _migrate(dry_run: bool = False) -> int:
     from warehouse.connection import resolve
+    from warehouse.layout import layout_from_env
     from warehouse.migrate import MigrationError, apply, migrations, retention_days_from_env
 
     try:
@@ -320,11 +327,34 @@ def _migrate() -> int:
     except MigrationError as exc:
         print(f"batchobs warehouse migrate: {exc}", file=sys.stderr)
         return 2
+    layout = layout_from_env()
+    if dry_run:
+        return _migrate_dry_run(layout)
     settings = resolve()
     admin = settings.with_database("default").client()
-    done = apply(admin, settings.database, retention_days_from_env())
+    done = apply(admin, settings.database, retention_days_from_env(), layout)
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "none (up to date)"
-    print(f"{settings.url}: applied {names}")
+    print(f"{settings.url} ({layout.describe()}): applied {names}")
+    return 0
+
+
+def _migrate_dry_run(layout: Layout) -> int:
+    from .connection import DATABASE, SettingsError, resolve
+    from .migrate import dry_run, retention_days_from_env
+
+    try:
+        settings = resolve(start_embedded=False)
+    except SettingsError:
+        if os.environ.get("BATCHOBS_CLICKHOUSE_URL", "").strip():
+            raise
+        settings = None  # no embedded warehouse running: none is started, nothing is asked
+    admin = settings.with_database("default").client() if settings else None
+    plan = dry_run(admin, settings.database if settings else DATABASE, retention_days_from_env(), layout)
+    where = settings.url if settings else "the embedded warehouse (not running: every migration is listed)"
+    database = settings.database if settings else DATABASE
+    print(f"-- batchobs warehouse migrate --dry-run: {where}; {layout.describe()}; database {database} (statements "
+          f"naming none run in it); {len(plan.pending)} migration(s) pending; nothing below has been run\n")
+    print(plan.render(), end="")
     return 0
 
 

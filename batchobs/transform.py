@@ -4,7 +4,9 @@ dbt reads its connection from ``BATCHOBS_DBT_*`` environment variables
 (``dbt/profiles.yml``); this module derives them from the warehouse settings, so
 ``batchobs dbt build`` works against the embedded server and a real ClickHouse
 alike.  dbt runs as a child process: its logging setup stays out of ours, and the
-password travels in the child's environment, never on a command line.
+password travels in the child's environment, never on a command line.  On a cluster
+(``BATCHOBS_CLICKHOUSE_CLUSTER``) dbt-clickhouse gets its name as ``cluster`` and the models
+build ON CLUSTER, replicated behind Distributed tables (``dbt/macros/cluster.sql``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from warehouse.connection import ClickHouseSettings, home_dir
+from warehouse.layout import layout_from_env
 
 from .bundled import bundled_dir
 
@@ -42,6 +45,8 @@ def dbt_env(settings: ClickHouseSettings, env: Mapping[str, str] = os.environ) -
         BATCHOBS_DBT_SECURE=str(settings.secure),
         BATCHOBS_DBT_SOURCE_SCHEMA=settings.database,
         BATCHOBS_DBT_SCHEMA=marts_database(settings, env),
+        # the cluster the migrations made (dbt/macros/cluster.sql); empty on one server
+        BATCHOBS_DBT_CLUSTER=layout_from_env(env).cluster or "",
     )
     # dbt writes its artifacts and logs under local state, not into the source tree
     child.setdefault("DBT_TARGET_PATH", str(state / "target"))

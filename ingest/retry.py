@@ -22,6 +22,8 @@ from typing import Any, TypeVar, cast
 from clickhouse_connect.driver.exceptions import DatabaseError
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
+from listener.tables import DEAD_LETTERS, EVENTS, SCHEMA_MIGRATIONS
+
 from .errors import IngestError, WarehouseRejected
 
 __all__ = ["DataError", "PartitionLimit", "Retry", "Target", "WarehouseUnavailable", "classify"]
@@ -128,8 +130,8 @@ def rejection(code: int | None, text: str, target: Target) -> WarehouseRejected 
     if code in ACCESS_DENIED:
         return WarehouseRejected(
             f"{where} denied user {target.user!r} access (code {code}): grant it INSERT on "
-            f"{target.database}.events and {target.database}.dead_letters and SELECT on "
-            f"{target.database}.schema_migrations, or use a user that has them", code)
+            f"{target.database}.{EVENTS} and {target.database}.{DEAD_LETTERS} and SELECT on "
+            f"{target.database}.{SCHEMA_MIGRATIONS}, or use a user that has them", code)
     if code == READONLY:
         return WarehouseRejected(f"user {target.user!r} is read-only at {target.url}: give the ingester a user "
                                  "that may INSERT (BATCHOBS_CLICKHOUSE_URL)", code)

@@ -23,6 +23,8 @@ from typing import Any
 
 import structlog
 
+from listener.tables import SCHEMA_MIGRATIONS, WRITTEN
+
 from . import spoolfiles
 from .checkpoint import LOST, Checkpoint, Range
 from .config import IngestConfig
@@ -441,15 +443,16 @@ def connect_when_ready(settings: Any, stop: threading.Event, log: Any, *, once: 
 
 def check_schema(client: Any, target: Target, schema_version: int | None) -> None:
     """WarehouseRejected unless the database is migrated (to ``schema_version`` when given)."""
+    needed = (SCHEMA_MIGRATIONS, *WRITTEN)
     found = {row[0] for row in client.query(
-        "SELECT name FROM system.tables WHERE database = currentDatabase() "
-        "AND name IN ('events', 'dead_letters', 'schema_migrations')").result_rows}
-    missing = [name for name in ("schema_migrations", "events", "dead_letters") if name not in found]
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND has({names:Array(String)}, name)",
+        parameters={"names": list(needed)}).result_rows}
+    missing = [name for name in needed if name not in found]
     if missing:
         raise WarehouseRejected(f"database {target.database!r} at {target.url} has no {missing[0]} table: "
                                 "run `batchobs warehouse migrate`")
     if schema_version is not None:
-        applied = client.query("SELECT max(version) FROM schema_migrations").result_rows[0][0]
+        applied = client.query(f"SELECT max(version) FROM {SCHEMA_MIGRATIONS}").result_rows[0][0]  # noqa: S608
         if int(applied or 0) < schema_version:
             raise WarehouseRejected(
                 f"database {target.database!r} at {target.url} is migrated to version {applied or 0}, this "

@@ -12,6 +12,14 @@
   partitions than the engine takes in one block is cut in halves the same way,
   until every part fits.
 * What is counted as inserted is what ClickHouse reports written, not what was sent.
+* On a cluster (``events`` is a ``Distributed`` table, found in ``system.tables``) every insert
+  is a foreground one (``distributed_foreground_insert``): it returns once each shard's
+  replicated table has the rows, so a refusal (a constraint) reaches this writer and is cut
+  down as above, and the batch's token travels with the rows to each shard, whose replicas
+  share what they have seen through Keeper.  The sharding key sends the same rows of a
+  replayed batch to the same shard under the same token, so the replay is dropped there.
+  ClickHouse's summary then also counts the Distributed table's own write, so the rows
+  acknowledged are counted instead (a dropped replay counts as inserted).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from listener.contract import COLUMNS
+from listener.tables import DEAD_LETTERS, EVENTS, WRITTEN
 
 from .retry import DataError, PartitionLimit, Retry
 from .screen import DeadLetter, Line
@@ -41,6 +50,8 @@ EVENT_SETTINGS = {
     "input_format_json_read_objects_as_strings": 0,
     "input_format_json_read_arrays_as_strings": 0,
 }
+# Through a Distributed table: wait for the shards (else a refusal would only reach the server's log).
+DISTRIBUTED_SETTINGS = {"distributed_foreground_insert": 1}
 
 
 def token_for(parts: Sequence[object]) -> str:
@@ -51,6 +62,20 @@ class Writer:
     def __init__(self, client: Any, retry: Retry) -> None:
         self._client = client
         self.retry = retry
+        self._distributed: bool | None = None  # learnt from the warehouse on the first insert
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the tables written are Distributed ones (a cluster), as system.tables says."""
+        if self._distributed is None:  # two first inserts in flight may both ask: same answer
+            rows = self.retry(lambda: self._client.query(
+                "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+                "AND has({names:Array(String)}, name)", parameters={"names": list(WRITTEN)}).result_rows)
+            self._distributed = any(engine == "Distributed" for _, engine in rows)
+        return self._distributed
+
+    def _settings(self, token: str, **settings: Any) -> dict[str, Any]:
+        return {**settings, **(DISTRIBUTED_SETTINGS if self.distributed else {}), "insert_deduplication_token": token}
 
     def insert_events(self, body: bytes, token: str, rows: int) -> int:
         """Insert ``rows`` JSONEachRow rows; the number ClickHouse reports written.
@@ -58,13 +83,13 @@ class Writer:
         Raises DataError if ClickHouse refuses the data, PartitionLimit if the rows span
         more partitions than one insert may.
         """
+        settings = self._settings(token, **EVENT_SETTINGS)
         summary = self.retry(lambda: self._client.raw_insert(
-            "events", column_names=_EVENT_COLUMNS, insert_block=body, fmt="JSONEachRow",
-            settings={**EVENT_SETTINGS, "insert_deduplication_token": token}))
+            EVENTS, column_names=_EVENT_COLUMNS, insert_block=body, fmt="JSONEachRow", settings=settings))
         reported = getattr(summary, "summary", None)
-        if isinstance(reported, dict) and "written_rows" in reported:
+        if isinstance(reported, dict) and "written_rows" in reported and not self.distributed:
             return int(reported["written_rows"])
-        return rows  # a server that sends no summary: what it acknowledged
+        return rows  # no summary, or one that counts the Distributed table too: what was acknowledged
 
     def insert_rows(self, rows: list[tuple[Line, bytes]], token: str) -> tuple[int, list[DeadLetter]]:
         """Insert validated rows: (rows written, rows ClickHouse still refuses as dead letters)."""
@@ -88,9 +113,9 @@ class Writer:
             return
         now = datetime.now(timezone.utc)
         data = [[now, d.source, d.position, d.reason, d.raw, d.raw_bytes] for d in letters]
-        self.retry(lambda: self._client.insert(
-            "dead_letters", data, column_names=DEAD_LETTER_COLUMNS,
-            settings={"insert_deduplication_token": token}))
+        settings = self._settings(token)
+        self.retry(lambda: self._client.insert(DEAD_LETTERS, data, column_names=DEAD_LETTER_COLUMNS,
+                                               settings=settings))
 
 
 def _short(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,3 +362,71 @@ class TestDocumented:
         stack = readme[readme.index("## Run the whole stack"):readme.index("## Kubernetes")]
         assert "docker compose up --wait" in stack
         assert "http://127.0.0.1:8080" in stack and "http://127.0.0.1:3000" in stack
+
+
+def _commented_settings(section: str) -> dict[str, str]:
+    """The ``# NAME=value`` lines of .env.example after the comment line containing ``section``."""
+    text = ENV_EXAMPLE.read_text()
+    lines = text[text.index(section):].splitlines()[1:]
+    pairs = [line.lstrip("# ").split("=", 1) for line in lines if re.match(r"^# [A-Z_]+=", line)]
+    return {k: v for k, v in pairs}
+
+
+class TestClusterProfile:
+    """The `cluster` profile: ClickHouse Keeper and two shards of two replicas (deploy/compose/cluster/)."""
+
+    def cluster_services(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {n: s for n, s in services(doc).items() if "cluster" in (s.get("profiles") or [])}
+
+    def test_keeper_and_four_nodes_of_the_same_clickhouse(self, doc: dict[str, Any]) -> None:
+        """Keeper and four servers, all of the single server's pinned ClickHouse release."""
+        cluster = self.cluster_services(doc)
+        server = str(services(doc)["clickhouse"]["image"])
+        nodes = {n for n, s in cluster.items() if s["image"] == server}
+        assert {"clickhouse-s1r1", "clickhouse-s1r2", "clickhouse-s2r1", "clickhouse-s2r2"} == nodes
+        assert {"clickhouse-keeper": server.replace("clickhouse-server", "clickhouse-keeper")} == {
+            n: s["image"] for n, s in cluster.items() if n not in nodes}
+
+    def test_the_default_stack_never_needs_a_profiled_service(self, doc: dict[str, Any]) -> None:
+        """Without the profile the stack still starts: a dependency on a profiled service is optional."""
+        by_name = services(doc)
+        profiled = {n for n, s in by_name.items() if s.get("profiles")}
+        hard = [(n, dep) for n, s in by_name.items() if not s.get("profiles")
+                for dep, cond in (s.get("depends_on") or {}).items() if dep in profiled and cond.get("required", True)]
+        assert [] == hard
+
+    def test_migrate_waits_for_every_node(self, doc: dict[str, Any]) -> None:
+        """ON CLUSTER waits for every node: the migration starts once each is healthy (when they run)."""
+        nodes = {n for n, s in self.cluster_services(doc).items() if "clickhouse-server" in str(s["image"])}
+        depends = services(doc)["warehouse-migrate"]["depends_on"]
+        assert {n: "service_healthy" for n in nodes} == {n: depends[n]["condition"] for n in nodes}
+
+    def test_the_nodes_find_keeper(self, doc: dict[str, Any]) -> None:
+        """The servers' Keeper address is the Keeper service at the port its config listens on."""
+        cluster_xml = ET.parse(ROOT / "deploy" / "compose" / "cluster" / "cluster.xml").getroot()
+        keeper_xml = ET.parse(ROOT / "deploy" / "compose" / "cluster" / "keeper.xml").getroot()
+        node = cluster_xml.find("zookeeper/node")
+        assert node is not None
+        assert node.findtext("host") in self.cluster_services(doc)
+        assert node.findtext("port") == keeper_xml.findtext("keeper_server/tcp_port")
+        keeper = self.cluster_services(doc)[str(node.findtext("host"))]
+        assert ("./deploy/compose/cluster/keeper.xml", "/etc/clickhouse-keeper/keeper_config.xml") in mounts(keeper)
+        hosts = {r.findtext("host") for r in cluster_xml.iterfind("remote_servers/*/shard/replica")}
+        assert hosts == {n for n, s in self.cluster_services(doc).items() if "clickhouse-server" in str(s["image"])}
+
+    def test_env_example_switches_batchobs_to_the_cluster(self, doc: dict[str, Any],
+                                                           example_env: dict[str, str]) -> None:
+        """The commented lines of .env.example, once uncommented, start the profile and point migrate,
+        the ingester and dbt at a node of the cluster its config defines."""
+        switch = _commented_settings("A ClickHouse cluster instead of one server")
+        assert "cluster" == switch["COMPOSE_PROFILES"]
+        cluster_xml = ET.parse(ROOT / "deploy" / "compose" / "cluster" / "cluster.xml").getroot()
+        defined = [c.tag for c in cluster_xml.find("remote_servers") or []]
+        assert [switch["BATCHOBS_CLICKHOUSE_CLUSTER"]] == defined
+        env = {**example_env, **switch}
+        users = ["warehouse-migrate", "ingester", "airflow-scheduler"]
+        for name in users:
+            service_env = environment(services(doc)[name])
+            url = urlsplit(interpolate(service_env["BATCHOBS_CLICKHOUSE_URL"], env))
+            assert url.hostname in self.cluster_services(doc) and 8123 == url.port, name
+            assert defined[0] == interpolate(service_env["BATCHOBS_CLICKHOUSE_CLUSTER"], env), name

@@ -1,8 +1,9 @@
 {{ config(
-    materialized='incremental',
+    materialized=batchobs_materialized('incremental'),
     incremental_strategy='delete+insert',
     unique_key='dag_id, run_id',
-    engine='MergeTree()',
+    engine=batchobs_engine(),
+    sharding_key='cityHash64(dag_id, run_id)',
     order_by='(dag_id, run_id, task_id, map_index, try_number)',
 ) }}
 

@@ -1,5 +1,7 @@
 {{ config(
-    engine='MergeTree()',
+    materialized=batchobs_materialized('table'),
+    engine=batchobs_engine(),
+    sharding_key='cityHash64(dag_id)',
     order_by='(run_date, dag_id, task_id)',
 ) }}
 

@@ -1,8 +1,9 @@
 {{ config(
-    materialized='incremental',
+    materialized=batchobs_materialized('incremental'),
     incremental_strategy='delete+insert',
     unique_key='dag_id, run_id',
-    engine='MergeTree()',
+    engine=batchobs_engine(),
+    sharding_key='cityHash64(dag_id, run_id)',
     order_by='(dag_id, run_id)',
     partition_by='toYYYYMM(run_date)',
     query_settings={'max_partitions_per_insert_block': 0},
