@@ -31,9 +31,9 @@ from warehouse.options import PORT, seconds, whole
 
 if TYPE_CHECKING:
     from ingest.service import Ingester
+    from warehouse.layout import Layout
 
     from .audit import Question
-    from .layout import Layout
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "main"]
 
@@ -339,8 +339,8 @@ def _migrate(dry_run: bool = False) -> int:
 
 
 def _migrate_dry_run(layout: Layout) -> int:
-    from .connection import DATABASE, SettingsError, resolve
-    from .migrate import dry_run, retention_days_from_env
+    from warehouse.connection import DATABASE, SettingsError, resolve
+    from warehouse.migrate import dry_run, retention_days_from_env
 
     try:
         settings = resolve(start_embedded=False)
