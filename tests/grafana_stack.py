@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -68,17 +67,6 @@ def generated_history(now: datetime) -> list[Event]:
     return events
 
 
-def wait_for(what: str, check: Any, timeout_s: float = 180) -> Any:
-    """Poll ``check`` until it returns something truthy (a liveness deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout_s}s")
-
-
 def prom_get(prometheus: str, path: str, **params: Any) -> Any:
     body = servers.get_json(f"{prometheus}{path}?" + urllib.parse.urlencode(params, doseq=True))
     assert "success" == body["status"], body
@@ -120,10 +108,11 @@ def build(root: Path, clickhouse: ClickHouseSettings, admin: Any) -> Iterator[St
             [str(Path(sys.executable).with_name("batchobs")), "ingest", "--spool-dir", str(spool), "--state-dir",
              str(root / "ingest-state"), "--metrics-port", ingester.rsplit(":", 1)[1], "--max-latency", "0.2"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(root / "ingest.log", "wb"))  # noqa: SIM115
-        wait_for("the ingester to land the run and the dead letter", lambda: (
+        servers.wait_for(lambda: (
             client.query("SELECT count() FROM dead_letters").result_rows[0][0] >= 1
             and client.query("SELECT count() FROM events WHERE dag_id = {d:String} AND kind = 'dag_run'",
-                             parameters={"d": EXAMPLE_DAG}).result_rows[0][0] >= 1))
+                             parameters={"d": EXAMPLE_DAG}).result_rows[0][0] >= 1),
+            180, "the ingester to land the run and the dead letter", every_s=0.5)
         dbt(warehouse, database, root / "home", "build", "--quiet")
 
         def scraped() -> bool:
@@ -134,7 +123,7 @@ def build(root: Path, clickhouse: ClickHouseSettings, admin: Any) -> Iterator[St
             ]
             return all(prom_get(prometheus.url, "/api/v1/query", query=q)["result"] for q in ready)
 
-        wait_for("Prometheus to scrape both targets and evaluate the rules", scraped)
+        servers.wait_for(scraped, 180, "Prometheus to scrape both targets and evaluate the rules", every_s=0.5)
         yield Stack(prometheus.url, gateway.url, ingester, warehouse, client)
     finally:
         if ingest is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -65,3 +66,26 @@ def spool_events(spool: Path) -> list[dict[str, Any]]:
             assert line.endswith(b"\n"), f"half a line in {path}"
             events.append(decode(line).to_dict())
     return events
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 1.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that (a hang guard, not a
+    measurement: ``timeout_s`` only bounds how long a broken run waits)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def stop_all(procs: list[subprocess.Popen[Any]], timeout_s: float = 30) -> None:
+    """Terminate every process, then wait for each (killing those that outstay ``timeout_s``)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()

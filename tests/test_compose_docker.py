@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -79,16 +78,6 @@ def _request(url: str, method: str = "GET", body: Any = None, headers: dict[str,
         return json.load(resp)
 
 
-def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s  # a hang guard, not a measurement
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _clickhouse(stack: dict[str, Any], sql: str, run_id: str) -> str:
     env = stack["env"]
     # the password travels in the container's environment (CLICKHOUSE_PASSWORD), not on a command line
@@ -102,8 +91,9 @@ def _clickhouse(stack: dict[str, Any], sql: str, run_id: str) -> str:
 def _trigger_and_wait(airflow: str, auth: dict[str, str], dag_id: str) -> tuple[str, str]:
     """Trigger a run of ``dag_id`` and wait for it to end: (run_id, state)."""
     run_id = _request(f"{airflow}/api/v2/dags/{dag_id}/dagRuns", "POST", {"logical_date": None}, auth)["dag_run_id"]
-    state = _wait(lambda: (s := _request(f"{airflow}/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=auth)["state"])
-                  in ("success", "failed") and s, 900, f"the run of {dag_id} to finish")
+    run_url = f"{airflow}/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    state = servers.wait_for(lambda: (s := _request(run_url, headers=auth)["state"]) in ("success", "failed") and s,
+                             900, f"the run of {dag_id} to finish", every_s=3)
     return run_id, str(state)
 
 
@@ -115,10 +105,11 @@ def test_a_dag_run_lands_in_clickhouse_and_grafana_reads_it(stack: dict[str, Any
     token = _request(airflow + "/auth/token", "POST",
                      {"username": env["AIRFLOW_ADMIN_USER"], "password": env["AIRFLOW_ADMIN_PASSWORD"]})["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    _wait(lambda: _request(f"{airflow}/api/v2/dags/{DAG_ID}", headers=auth), 300, "the example DAG to be parsed")
+    servers.wait_for(lambda: _request(f"{airflow}/api/v2/dags/{DAG_ID}", headers=auth), 300,
+                     "the example DAG to be parsed", every_s=3)
     run_id, _ = _trigger_and_wait(airflow, auth, DAG_ID)
     # the run's end arrives last; once it is in ClickHouse the ingester has caught up with the run
-    _wait(lambda: _clickhouse(stack, "SELECT count() FROM batchobs.events FINAL WHERE kind = 'dag_run' "
+    servers.wait_for(lambda: _clickhouse(stack, "SELECT count() FROM batchobs.events FINAL WHERE kind = 'dag_run' "
                                      "AND run_id = {run:String} AND state IN ('success', 'failed')", run_id) == "1",
           300, "the run's events in ClickHouse")
     tasks = int(_clickhouse(stack, "SELECT uniqExact(task_id) FROM batchobs.events WHERE run_id = {run:String} "

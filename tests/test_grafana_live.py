@@ -15,7 +15,7 @@ import yaml
 
 from warehouse.connection import ClickHouseSettings
 
-from . import dashboards, grafana_stack
+from . import dashboards, grafana_stack, servers
 from .grafana_expand import ALL, Scope, TimeRange, Variable, clickhouse_sql, interval_ms, promql
 from .grafana_stack import EXAMPLE_DAG, HISTORY_DAG, INSTANCE, Stack, prom_get
 
@@ -57,8 +57,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, clickhouse: ClickHouseSettin
             # shows nothing yet: wait for the next step boundary of the coarsest Prometheus panel.
             step_s = max(_interval(BOARDS[t.board], t.panel) for t in TARGETS if t.kind == "prometheus") / 1000
             ready = time.time()
-            grafana_stack.wait_for("a full step of data", lambda: math.floor(time.time() / step_s) * step_s > ready,
-                                   timeout_s=2 * step_s + 5)
+            servers.wait_for(lambda: math.floor(time.time() / step_s) * step_s > ready, 2 * step_s + 5,
+                             "a full step of data", every_s=0.5)
             yield built
     except Exception as exc:
         raise RuntimeError(f"{exc}\n{grafana_stack.log_tail(root)}") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,13 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         servers.wait_http(api + "/api/v2/monitor/health", timeout_s=120)
         yield {"home": home, "spool": spool, "env": env, "api": api}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        servers.stop_all(procs)
 
 
 def airflow(cluster: dict[str, Any], *args: str) -> str:
@@ -72,18 +65,8 @@ def api(cluster: dict[str, Any], method: str, path: str, body: dict[str, Any] | 
         return json.load(resp)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s  # a hang guard, not a measurement
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def trigger(cluster: dict[str, Any], dag_id: str) -> str:
-    wait_for(lambda: _dag_known(cluster, dag_id), 120, f"{dag_id} to be parsed")
+    servers.wait_for(lambda: _dag_known(cluster, dag_id), 120, f"{dag_id} to be parsed")
     api(cluster, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     run = api(cluster, "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
     return str(run["dag_run_id"])
@@ -104,7 +87,7 @@ def run_events(cluster: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
 def test_dag_run_running_and_sigkill_reconciled(cluster: dict[str, Any]) -> None:
     """The scheduler records the run starting; a SIGKILLed task shows up as reconciled failed."""
     run_id = trigger(cluster, "killed")
-    events = wait_for(
+    events = servers.wait_for(
         lambda: (ev := run_events(cluster, run_id)) and len([e for e in ev if e["kind"] == "task_reconciled"]) == 2
         and ev, 240, "the killed run to end and be reconciled")
     dag_states = [e["state"] for e in events if e["kind"] == "dag_run"]
@@ -120,11 +103,11 @@ def test_dag_run_running_and_sigkill_reconciled(cluster: dict[str, Any]) -> None
 def test_manual_state_change_through_the_api_is_recorded(cluster: dict[str, Any]) -> None:
     """Marking a task instance success through the REST API lands as an event from the API server."""
     run_id = trigger(cluster, "killed")
-    wait_for(lambda: any(e["kind"] == "dag_run" and e["state"] == "failed" for e in run_events(cluster, run_id)),
-             240, "the run to end")
+    servers.wait_for(lambda: any(e["kind"] == "dag_run" and e["state"] == "failed"
+                                 for e in run_events(cluster, run_id)), 240, "the run to end")
     api(cluster, "PATCH", f"/api/v2/dags/killed/dagRuns/{run_id}/taskInstances/oom_killed",
         {"new_state": "success"})
-    manual = wait_for(
+    manual = servers.wait_for(
         lambda: [e for e in run_events(cluster, run_id)
                  if e["kind"] == "task_instance" and e["attrs"].get("recorded_by") == "api-server"],
         60, "the API server's event")

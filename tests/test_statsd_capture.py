@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 
 from . import dashboards, servers
 from .statsd_mapper import Mapper, exporter_registry, parse_line
-from .test_listener_scheduler import api, wait_for
+from .test_listener_scheduler import api
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = ROOT / "deploy" / "compose" / "statsd-mapping.yml"
@@ -168,17 +168,11 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     cluster: dict[str, Any] = {"api": f"http://127.0.0.1:{port}"}
     try:
         servers.wait_http(cluster["api"] + "/api/v2/monitor/health", timeout_s=120)
-        wait_for(lambda: _finished_run(cluster), 300, f"a scheduled run of {DAG_ID} to finish")
+        servers.wait_for(lambda: _finished_run(cluster), 300, f"a scheduled run of {DAG_ID} to finish")
         # one more pool-metrics interval (5 s) so the pool gauges are among the lines
-        wait_for(lambda: any(line.startswith("airflow.pool.open_slots") for line in lines), 60, "pool metrics")
+        servers.wait_for(lambda: any(line.startswith("airflow.pool.open_slots") for line in lines), 60, "pool metrics")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        servers.stop_all(procs)
         stop.set()
         receiver.join(5)
         sink.close()
@@ -255,7 +249,8 @@ def test_the_scheduler_row_queries_answer_from_the_mapped_metrics(captured: list
             grouping = re.search(r"\bby \(([^)]*)\)", target["expr"])
             labels = [g.strip() for g in grouping.group(1).split(",") if g.strip() != "le"] if grouping else []
             try:
-                result = wait_for(lambda t=target: servers.prom_query(prometheus.url, t["expr"]), 60, target["expr"])
+                result = servers.wait_for(lambda t=target: servers.prom_query(prometheus.url, t["expr"]), 60,
+                                          target["expr"])
             except AssertionError:
                 empty.append(target["expr"])
                 continue
