@@ -95,7 +95,7 @@ def writer_gone(fd: int) -> bool:
     return True
 
 
-_CREATE_ATTEMPTS = 5  # a name taken, or a temporary file removed by the reader: try the next sequence
+_CREATE_ATTEMPTS = 5  # a name taken, a temporary file held or removed by the reader: try the next sequence
 
 
 class Spool:
@@ -165,9 +165,10 @@ class Spool:
         try:
             info = os.fstat(fd)
             self._identity = (info.st_dev, info.st_ino)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a hook never waits: held, the next name
             os.link(temporary, path)  # unlike rename(2), never replaces a file of that name
-        except (FileExistsError, FileNotFoundError):  # the name taken; the reader removed the temporary file
+        except (BlockingIOError, FileExistsError, FileNotFoundError):  # the temporary file held by a reader
+            # looking at it; the name taken; the temporary file removed by the reader
             self._close_fd()
             return False
         except BaseException:
