@@ -182,12 +182,11 @@ class Ingester:
         taken: dict[str, int] = dict(ahead)
         while True:
             files = spoolfiles.list_files(self.config.spool_dir, self._skip)
-            latest = spoolfiles.latest_sequences(files)
             grew = False
             for file in files:
                 if rows >= self.config.max_rows or size >= self.config.max_bytes:
                     break
-                chunk = self._next_chunk(file, taken, size, latest)
+                chunk = self._next_chunk(file, taken, size)
                 if chunk is None:
                     continue
                 chunk = chunk.first_lines(self.config.max_rows - rows)
@@ -208,8 +207,7 @@ class Ingester:
             if not grew:
                 self.stop.wait(self.config.poll_s)
 
-    def _next_chunk(self, file: SpoolFile, taken: dict[str, int], used: int,
-                    latest: dict[str, int]) -> Chunk | None:
+    def _next_chunk(self, file: SpoolFile, taken: dict[str, int], used: int) -> Chunk | None:
         """The next chunk of ``file``, or the loss of a change under the reader, or None.
 
         A file that cannot be read is skipped (with one warning): it never stops the others.
@@ -219,7 +217,7 @@ class Ingester:
         end, last = self._last_read.get(name, (-1, b""))
         try:
             got = spoolfiles.read_chunk(file, offset, self.config.max_bytes - used, self.config.max_line_bytes,
-                                        spoolfiles.finished(file, latest), self.checkpoint.identities.get(name),
+                                        spoolfiles.finished(file), self.checkpoint.identities.get(name),
                                         self._seen_size.get(name, 0), last if end == offset else b"")
         except OSError as exc:
             self._skip(name, "unreadable", f"cannot be read ({exc.strerror or exc})")
@@ -252,7 +250,7 @@ class Ingester:
         for r in ranges:
             file = files.get(r.name)
             if r.flag.startswith(LOST):  # a record of a loss: nothing to read
-                named = file or SpoolFile(self.config.spool_dir / r.name, "", 0, 0, "")
+                named = file or SpoolFile(self.config.spool_dir / r.name)
                 chunks.append(Chunk(named, r.start, r.end, b"", lost=r.flag[len(LOST):]))
                 continue
             if file is None:
@@ -336,17 +334,23 @@ class Ingester:
 
     # -- housekeeping --------------------------------------------------------------
     def _retire(self) -> None:
-        """Remove or archive spool files that are finished and fully ingested."""
+        """Remove or archive spool files that are finished and fully ingested (and the
+        temporary files of writers that died creating one: they hold no line)."""
+        spoolfiles.remove_abandoned(self.config.spool_dir)
         if self.config.retention == "keep":
             return
         files = spoolfiles.list_files(self.config.spool_dir)
-        latest = spoolfiles.latest_sequences(files)
         in_flight = {r.name for batch in self.checkpoint.pending for r in batch}
         done = []
         for file in files:
             offset = self.checkpoint.offsets.get(file.name)
-            if offset is None or file.name in in_flight or not spoolfiles.finished(file, latest):
+            if offset is None or file.name in in_flight:
                 continue
+            try:
+                if not spoolfiles.finished(file):
+                    continue
+            except OSError:
+                continue  # cannot be opened: reported when read, kept
             try:
                 info = file.path.lstat()
                 known = self.checkpoint.identities.get(file.name)

@@ -1,25 +1,27 @@
 """Reading the spool: which files exist, which are finished, and their complete lines.
 
-A spool file is ``<host>-<pid>-<start>-<seq>.jsonl`` (listener/spool.py).  It is
-*finished* once its writer cannot append any more: a later sequence of the same
-writer exists, or the writer (on this host) is gone.  Only complete lines (ending
-in a newline) are read from an active file; a finished file's trailing fragment is
-a line its writer died writing.
+A spool file's name and the rule for when it is *finished* (no more bytes can be
+appended) are the writer's contract, defined in listener/spool.py: a file is finished
+once no writer holds its lock, whatever the writer's host name or pid namespace (task
+pods sharing one node's volume).  Only complete lines (ending in a newline) are read
+from an active file; a finished file's trailing fragment is a line its writer died
+writing.
 
 The directory is read defensively: only regular files named as the listener names
 them are spool files.  Anything else (another name, a directory, a symlink, a FIFO)
-is reported through ``on_skip`` and never opened; symlinks are never followed, so a
-link to a file elsewhere cannot bring its lines in.  A file is opened once per read
-and checked on its open descriptor: still the same file (device and inode) as the one
-read before, not shorter than the read position, a line ending just before it.
+is reported through ``on_skip`` and never opened, but for the ingester's own lock file
+and the files writers are creating, which are passed over quietly.  Symlinks are never
+followed, so a link to a file elsewhere cannot bring its lines in.  A file is opened
+once per read and checked on its open descriptor: still the same file (device and
+inode) as the one read before, not shorter than the read position, a line ending just
+before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import re
-import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +29,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from listener.spool import host_token
+from listener.spool import CREATING_PREFIX, NAME_PATTERN, parse_name, writer_gone
 
 from .lock import LOCK_NAME
 
-__all__ = ["CHANGES", "Changed", "Chunk", "Identity", "SpoolFile", "finished", "latest_sequences", "list_files",
-           "loss_reason", "read_chunk", "read_range"]
+__all__ = ["CHANGES", "Changed", "Chunk", "Identity", "SpoolFile", "finished", "list_files", "loss_reason",
+           "read_chunk", "read_range", "remove_abandoned"]
 
-_LOCAL_HOST = host_token(socket.gethostname())
-_NAME = re.compile(r"^(?P<host>[^-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<seq>\d+)\.jsonl$")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO swapped in cannot hang
 
 Identity = tuple[int, int]  # (st_dev, st_ino): which file a name stands for
@@ -44,10 +44,8 @@ Identity = tuple[int, int]  # (st_dev, st_ino): which file a name stands for
 @dataclass(frozen=True)
 class SpoolFile:
     path: Path
-    writer: str  # host-pid-start: one writing process
-    seq: int
-    pid: int
-    host: str
+    writer: str = ""  # host-pid-start: one writing process
+    seq: int = 0
 
     @property
     def name(self) -> str:
@@ -67,11 +65,11 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
     except FileNotFoundError:
         return []
     for entry in entries:
-        if entry.name == LOCK_NAME:
-            continue  # the ingester's own lock (ingest/lock.py)
-        match = _NAME.match(entry.name)
-        if not match or not _utf8(entry.name):
-            skip(entry.name, "name", "not named as the listener names spool files (<host>-<pid>-<start>-<seq>.jsonl)")
+        if entry.name == LOCK_NAME or entry.name.startswith(CREATING_PREFIX):
+            continue  # the ingester's lock; a file a writer is creating (remove_abandoned)
+        parsed = parse_name(entry.name)
+        if parsed is None or not _utf8(entry.name):
+            skip(entry.name, "name", f"not named as the listener names spool files ({NAME_PATTERN})")
             continue
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
@@ -83,8 +81,7 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
         if not stat.S_ISREG(mode):
             skip(entry.name, "type", f"not a regular file but {_kind_of(mode)}: never followed or read")
             continue
-        found.append(SpoolFile(Path(entry.path), f"{match['host']}-{match['pid']}-{match['start']}",
-                               int(match["seq"]), int(match["pid"]), match["host"]))
+        found.append(SpoolFile(Path(entry.path), parsed.writer, parsed.seq))
     found.sort(key=lambda f: (f.writer, f.seq))
     return found
 
@@ -107,28 +104,46 @@ def _kind_of(mode: int) -> str:
     return "of an unknown type"
 
 
-def latest_sequences(files: list[SpoolFile]) -> dict[str, int]:
-    """The highest sequence number of each writer."""
-    latest: dict[str, int] = {}
-    for f in files:
-        latest[f.writer] = max(f.seq, latest.get(f.writer, 0))
-    return latest
-
-
-def finished(file: SpoolFile, latest: dict[str, int], hostname: str | None = None) -> bool:
-    """True when no more bytes can be appended to ``file``."""
-    if latest.get(file.writer, file.seq) > file.seq:
-        return True
-    local = host_token(hostname) if hostname else _LOCAL_HOST
-    if file.host != local:
-        return False  # another host's writer: wait for its next sequence
+def finished(file: SpoolFile) -> bool:
+    """True when no more bytes can be appended to ``file``: no writer holds it (a file
+    gone is finished too).  Raises OSError if the file cannot be opened or locked."""
     try:
-        os.kill(file.pid, 0)
-    except (ProcessLookupError, OverflowError):  # OverflowError: a pid no process can have
+        fd = os.open(file.path, _OPEN_FLAGS)
+    except FileNotFoundError:
         return True
-    except PermissionError:
-        return False
-    return False
+    try:
+        return writer_gone(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(directory: Path) -> list[str]:
+    """Remove the temporary files of writers that died creating a spool file; their names.
+
+    Such a file holds no line (a writer appends only once the file is under its name): it
+    is either empty or a second name of a spool file.  One whose writer is still creating
+    it holds its lock, and is left.  Removing one whose writer locks it just after the
+    check is harmless either way: linked in already, only the second name goes; not yet,
+    the writer's link fails and it tries the next name.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.startswith(CREATING_PREFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(entry.path, _OPEN_FLAGS)
+            except OSError:
+                continue
+            try:
+                if writer_gone(fd):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except OSError:  # gone already, or not ours to remove: nothing is lost by leaving it
+                continue
+            finally:
+                os.close(fd)
+    return removed
 
 
 @dataclass(frozen=True)

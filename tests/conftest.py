@@ -25,6 +25,11 @@ from warehouse import embedded
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
 
+# The OpenLineage provider (the `bench` extra, for benchmarks/hook_latency.py) registers a listener
+# in every Airflow this venv runs; the suite tests batchobs' listener alone, whatever the caller's
+# OpenLineage settings.  Set at import: test modules may load Airflow's plugins while collected.
+os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "true"
+
 # CI replays the same examples every run (a red CI names a reproducible input);
 # locally hypothesis explores new ones each time.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)

@@ -53,13 +53,12 @@ if __name__ == "__main__":  # fuzzing: coverage of the ingester and the contract
 from ingest.screen import BOM
 from ingest.service import IngestConfig, Ingester
 from listener.contract import COLUMNS, decode, encode
-from listener.spool import host_token
+from listener.spool import file_name, host_token
 from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 from warehouse.migrate import apply
 
 MAX_LINE = 4096  # the ingester's line limit here: small enough to reach, large enough for deep nesting to be decoded
-DEAD_PID = 4_194_305  # above Linux's largest pid: the file's writer is gone, so the file is finished
 GOOD = [json.loads(encode(e)) for e in history(1)]
 FIELDS = [*COLUMNS, "surprise"]
 _names = itertools.count()
@@ -205,8 +204,9 @@ class Target:
         work = self.scratch / str(next(_names))
         spool = work / "spool"
         spool.mkdir(parents=True)
-        # a new name each time: its ranges, hence its dedup tokens, are new to the table
-        name = f"{host_token(socket.gethostname())}-{DEAD_PID}-{time.time_ns()}-000001.jsonl"
+        # a new name each time: its ranges, hence its dedup tokens, are new to the table; no
+        # writer holds it, so it is finished
+        name = file_name(host_token(socket.gethostname()), os.getpid(), time.time_ns(), 1)
         (spool / name).write_bytes(content)
         try:
             self.check(content, rows, spool, work / "state")

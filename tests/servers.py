@@ -43,7 +43,10 @@ def gateway_groups(gateway_url: str) -> list[dict[str, str]]:
 
 
 def airflow_env(home: Path, spool: Path, **extra: str) -> dict[str, str]:
-    return demo.airflow_env(home, spool, EXAMPLES, **{"BATCHOBS_INSTANCE": "test", **extra})
+    """The demo's Airflow environment, with batchobs' listener the only one: the OpenLineage
+    provider (installed for benchmarks/hook_latency.py) off whatever the caller's OPENLINEAGE_*."""
+    return demo.airflow_env(home, spool, EXAMPLES, **{"BATCHOBS_INSTANCE": "test",
+                                                      "AIRFLOW__OPENLINEAGE__DISABLED": "true", **extra})
 
 
 def migrate_airflow(home: Path) -> None:

@@ -181,7 +181,7 @@ def test_a_chunk_is_cut_after_exactly_n_lines(n: int) -> None:
     from ingest.spoolfiles import Chunk, SpoolFile
 
     lines = [b"x" * (1 + (i * 37) % 300) + b"\n" for i in range(20)]  # uneven lengths
-    chunk = Chunk(SpoolFile(Path("f"), "w", 0, 1, "h"), 100, 100 + len(b"".join(lines)), b"".join(lines))
+    chunk = Chunk(SpoolFile(Path("f"), "w", 1), 100, 100 + len(b"".join(lines)), b"".join(lines))
     cut = chunk.first_lines(n)
     assert cut.data == b"".join(lines[:n]) and cut.end == 100 + len(cut.data) and cut.lines == min(n, 20)
 

@@ -3,21 +3,25 @@ change under the reader detected, reported and read again from what is there."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ingest.lock import LOCK_NAME
 from ingest.service import IngestConfig, Ingester
 from listener.contract import encode
-from listener.spool import host_token
+from listener.spool import creating_name, file_name, host_token
 from listener.testing import history
 from warehouse.connection import ClickHouseSettings
 
@@ -101,9 +105,32 @@ class TestOddEntries:
         assert unreadable.exists()
 
 
+class TestFilesBeingCreated:
+    def test_temporary_files_of_dead_writers_go_quietly(self, database: ClickHouseSettings, tmp_path: Path) -> None:
+        """A writer's temporary file (listener/spool.py) is never read or warned about; one its
+        writer died with (empty, or a second name of a spool file) is removed, one being
+        created (locked) is left; the spool file behind a second name lands and is retired."""
+        spool = tmp_path / "spool"
+        write_lines(spool, EVENTS[:20])
+        (written,) = spool.iterdir()
+        os.link(written, spool / creating_name(written.name))  # died between linking and unlinking
+        (spool / creating_name(file_name(HOST, 1, 1, 1))).write_bytes(b"")  # died before linking
+        being_created = spool / creating_name(file_name(HOST, 2, 2, 1))
+        being_created.write_bytes(b"")
+        with open(being_created, "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            ing, log = ingester(database, spool, tmp_path / "state")
+            ing.run(once=True)
+            assert [being_created.name] == [p.name for p in spool.iterdir() if p.name != LOCK_NAME]
+        ids, dead = stored(database)
+        assert ids_of(EVENTS[:20]) == ids and {} == dead
+        assert [] == log.warnings("spool directory entry skipped")
+
+
 SERVICE = """
 import json, os, sys
 from pathlib import Path
+from ingest.lock import LOCK_NAME
 from ingest.service import IngestConfig, Ingester
 from warehouse.connection import ClickHouseSettings
 warned = []
@@ -140,25 +167,42 @@ def run_as_service_user(db: ClickHouseSettings, spool: Path, state: Path) -> dic
 
 
 class TestFilesChangingUnderTheReader:
-    def name(self) -> str:
-        return f"{HOST}-{os.getpid()}-1-000001.jsonl"  # this process writes it: not finished while we live
+    NAME = file_name(HOST, 1, 1, 1)
 
-    def test_a_finished_file_replaced_by_a_shorter_one_is_read_not_deleted(self, database: ClickHouseSettings,
-                                                                             tmp_path: Path) -> None:
+    @pytest.fixture
+    def hold(self) -> Iterator[Callable[[Path], int]]:
+        """Lock a spool file as its live writer does (listener/spool.py); closing the returned
+        descriptor is the writer going."""
+        held: list[int] = []
+
+        def lock(path: Path) -> int:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.append(fd)
+            return fd
+
+        yield lock
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def test_a_finished_file_replaced_by_a_shorter_one_is_read_not_deleted(
+            self, database: ClickHouseSettings, tmp_path: Path, hold: Callable[[Path], int]) -> None:
         """A file read to its end is replaced (new inode) by a shorter file of the same name,
         then finished: the new file's events land (after a restart), the change is a dead
         letter, a warning and a metric, and only then is the file retired."""
         spool, state = tmp_path / "spool", tmp_path / "state"
         spool.mkdir()
-        path = spool / self.name()
+        path = spool / self.NAME
         path.write_bytes(b"".join(EVENTS[:40]))
+        writer = hold(path)
         first, _ = ingester(database, spool, state)
         first.run(once=True)
-        assert path.exists()  # its writer (this process) lives: not finished, not retired
+        assert path.exists()  # its writer holds it: not finished, not retired
         replacement = tmp_path / "replacement"
         replacement.write_bytes(b"".join(EVENTS[40:57]))  # 17 events, fewer bytes than were read
         os.replace(replacement, path)
-        (spool / self.name().replace("000001", "000002")).write_bytes(b"")  # a later sequence: finished
+        os.close(writer)  # the writer has gone: finished
         second, log = ingester(database, spool, state)
         second.run(once=True)
         ids, dead = stored(database)
@@ -172,17 +216,19 @@ class TestFilesChangingUnderTheReader:
         assert 1.0 == second.metrics.spool_files_changed.labels("replaced")._value.get()
         assert not path.exists()  # read to its end, finished: retired
 
-    def test_housekeeping_never_retires_a_file_other_than_the_one_read(self, database: ClickHouseSettings,
-                                                                        tmp_path: Path) -> None:
+    def test_housekeeping_never_retires_a_file_other_than_the_one_read(
+            self, database: ClickHouseSettings, tmp_path: Path, hold: Callable[[Path], int]) -> None:
         """Retiring runs between reads (while idle); a file replaced or shrunk since the last
         read, now finished, is left for the next read, whatever its size."""
         spool, state = tmp_path / "spool", tmp_path / "state"
         spool.mkdir()
-        path = spool / self.name()
+        path = spool / self.NAME
         path.write_bytes(b"".join(EVENTS[:40]))
+        writer = hold(path)
         ing, _ = ingester(database, spool, state)
         ing.run(once=True)
-        (spool / self.name().replace("000001", "000002")).write_bytes(b"")  # finished from now on
+        assert path.exists()
+        os.close(writer)  # finished from now on
         replacement = tmp_path / "replacement"
         replacement.write_bytes(b"".join(EVENTS[40:57]))
         os.replace(replacement, path)
@@ -194,14 +240,15 @@ class TestFilesChangingUnderTheReader:
         ing._retire()
         assert path.exists()
 
-    def test_an_active_file_truncated_is_read_again_from_its_start(self, database: ClickHouseSettings,
-                                                                   tmp_path: Path) -> None:
+    def test_an_active_file_truncated_is_read_again_from_its_start(
+            self, database: ClickHouseSettings, tmp_path: Path, hold: Callable[[Path], int]) -> None:
         """An active file is truncated below the read position and its writer goes on
         appending: what it appended lands, the truncation is a dead letter and a metric."""
         spool, state = tmp_path / "spool", tmp_path / "state"
         spool.mkdir()
-        path = spool / self.name()
+        path = spool / self.NAME
         path.write_bytes(b"".join(EVENTS[:40]))
+        hold(path)  # an active file
         ing, log = ingester(database, spool, state)
         ing.run(once=True)
         with open(path, "r+b") as handle:  # truncated in place (same inode), then appended to
@@ -221,14 +268,15 @@ class TestFilesChangingUnderTheReader:
                                metrics.dead_letters._value.get())
 
     def test_a_file_truncated_and_written_past_the_read_position_is_read_again(
-            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+            self, database: ClickHouseSettings, tmp_path: Path, hold: Callable[[Path], int]) -> None:
         """An active file is truncated and written again past the read position before the
         reader looks: no line ends where reading stopped, so the change is seen; every new
         line lands, with one dead letter for the change and none for a half line."""
         spool, state = tmp_path / "spool", tmp_path / "state"
         spool.mkdir()
-        path = spool / self.name()
+        path = spool / self.NAME
         path.write_bytes(b"".join(EVENTS[:40]))
+        hold(path)  # an active file
         ing, _ = ingester(database, spool, state)
         ing.run(once=True)
         read_to = len(b"".join(EVENTS[:40]))
@@ -244,13 +292,14 @@ class TestFilesChangingUnderTheReader:
         assert 1.0 == ing.metrics.spool_files_changed.labels("rewritten")._value.get()
 
     def test_a_rewrite_with_a_line_ending_at_the_read_position_is_still_seen(
-            self, database: ClickHouseSettings, tmp_path: Path) -> None:
+            self, database: ClickHouseSettings, tmp_path: Path, hold: Callable[[Path], int]) -> None:
         """Rewritten so that a newline happens to end where reading stopped: the last bytes
         read are not there, so the change is still seen and the new file is read from 0."""
         spool, state = tmp_path / "spool", tmp_path / "state"
         spool.mkdir()
-        path = spool / self.name()
+        path = spool / self.NAME
         path.write_bytes(b"".join(EVENTS[:40]))
+        hold(path)  # an active file
         ing, _ = ingester(database, spool, state)
         ing.run(once=True)
         read_to = len(b"".join(EVENTS[:40]))

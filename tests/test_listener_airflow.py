@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -66,6 +69,26 @@ def by_task(events: list[dict[str, Any]], kind: str = "task_instance") -> dict[t
         if e["kind"] == kind:
             out[(e["task_id"], e["map_index"])].append((e["try_number"], e["state"]))
     return dict(out)
+
+
+LISTENERS = """
+import json
+from airflow.listeners.listener import get_listener_manager
+print(json.dumps(sorted(type(p).__name__ for p in get_listener_manager().pm.get_plugins())))
+"""
+
+
+class TestOnlyOurListener:
+    def test_openlineage_is_installed_but_off(self, tmp_path: Path) -> None:
+        """The OpenLineage provider (the bench extra) is installed, yet the tests' Airflow registers
+        batchobs' listener alone, even with a caller's OpenLineage transport in the environment."""
+        env = airflow_env(tmp_path / "airflow", tmp_path / "spool", OPENLINEAGE_URL="http://127.0.0.1:9/")
+        done = subprocess.run([sys.executable, "-c", LISTENERS], env=env, capture_output=True, text=True,
+                              timeout=120, check=True, cwd=tmp_path)
+        assert ["BatchobsListener"] == json.loads(done.stdout.strip().splitlines()[-1])
+        plugins = subprocess.run([sys.executable, "-c", "import airflow.providers.openlineage"], env=env,
+                                 capture_output=True, check=False)
+        assert 0 == plugins.returncode  # installed: the check above means something
 
 
 class TestEvents:

@@ -17,7 +17,7 @@ from listener.contract import MAX_ERROR_MESSAGE
 from listener.gauges import GroupKey, task_gauges
 from listener.pusher import GaugePusher
 from listener.scrub import scrub
-from listener.spool import Spool
+from listener.spool import Spool, SpoolName, file_name, host_token, parse_name, writer_gone
 
 from . import servers
 
@@ -94,6 +94,79 @@ class TestSpool:
         written = [ln for f in sorted(tmp_path.glob("*.jsonl")) for ln in f.read_bytes().splitlines(keepends=True)]
         assert sorted(lines) == sorted(written)
 
+    def test_a_file_is_locked_while_its_writer_may_append(self, tmp_path: Path) -> None:
+        """The open file is locked; a file rotated away from, and every file once the spool
+        is closed, is not (finished); no temporary file is left."""
+        spool = Spool(tmp_path, "host", max_bytes=4096)
+        line = b'{"x":"' + b"a" * 90 + b'"}\n'
+        for _ in range(60):
+            spool.append(line)
+        files = sorted(tmp_path.iterdir())
+        assert len(files) >= 2 and spool.path == files[-1]
+        assert [True] * (len(files) - 1) + [False] == [gone(f) for f in files]
+        spool.close()
+        assert [True] * len(files) == [gone(f) for f in files]
+
+    def test_a_file_appears_under_its_name_already_locked(self, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """When a new file is linked in under its name, its writer already holds the lock (a
+        reader never sees it unlocked while it may grow)."""
+        seen: list[bool] = []
+        link = os.link
+
+        def watched(source: str | Path, target: str | Path) -> None:
+            seen.append(gone(Path(source)))
+            link(source, target)
+
+        monkeypatch.setattr(os, "link", watched)
+        spool = Spool(tmp_path, "host", max_bytes=4096)
+        for _ in range(3):
+            spool.append(b"{}\n" * 1500)  # one file each
+        spool.close()
+        assert [False, False, False] == seen
+        assert 3 == len(list(tmp_path.iterdir()))
+
+    def test_a_name_never_taken_twice(self, tmp_path: Path) -> None:
+        """A file already under the next name (another writer's) is left alone; the writer
+        takes the name after it."""
+        spool = Spool(tmp_path, "host")
+        spool.append(b'{"n":1}\n')
+        assert spool.path is not None
+        parts = parse_name(spool.path.name)
+        assert parts is not None
+        taken = tmp_path / file_name(parts.host, parts.pid, parts.start, parts.seq + 1)
+        taken.write_bytes(b'{"other":1}\n')
+        spool.close()
+        spool.append(b'{"n":2}\n')
+        spool.close()
+        assert b'{"other":1}\n' == taken.read_bytes()
+        assert parts._replace(seq=parts.seq + 2) == parse_name(spool.path.name)
+
+    def test_forked_child_drops_the_parents_lock(self, tmp_path: Path) -> None:
+        """A forked child closes its copy of the parent's descriptor: once the parent closes
+        its file, the file is finished though the child lives on."""
+        spool = Spool(tmp_path, "host")
+        spool.append(b'{"who":"parent"}\n')
+        read, write = os.pipe()
+        started_r, started_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: says it runs (the fork hook has run), lives until the parent has looked
+            os.close(write)
+            os.write(started_w, b"x")
+            os.read(read, 1)
+            os._exit(0)
+        os.close(read)
+        os.close(started_w)
+        try:
+            assert b"x" == os.read(started_r, 1)
+            assert spool.path is not None and not gone(spool.path)
+            spool.close()
+            assert gone(spool.path)
+        finally:
+            os.close(write)
+            os.close(started_r)
+            os.waitpid(pid, 0)
+
     def test_forked_child_writes_its_own_file(self, tmp_path: Path) -> None:
         """After fork, the child appends to a file of its own pid, never the parent's."""
         spool = Spool(tmp_path, "host")
@@ -106,6 +179,29 @@ class TestSpool:
         spool.close()
         files = {f.name.split("-")[1]: f.read_bytes() for f in tmp_path.glob("*.jsonl")}
         assert {str(os.getpid()): b'{"who":"parent"}\n', str(pid): b'{"who":"child"}\n'} == files
+
+
+def gone(path: Path) -> bool:
+    """The reader's question: has the file's writer gone?"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return writer_gone(fd)
+    finally:
+        os.close(fd)
+
+
+class TestSpoolNames:
+    @given(st.text(max_size=60), st.integers(1, 2**22), st.integers(0, 2**62), st.integers(1, 10**7))
+    def test_a_name_parses_back_to_its_parts(self, host: str, pid: int, start: int, seq: int) -> None:
+        """Whatever the host name, the name the writer makes parses back to its parts."""
+        token = host_token(host)
+        assert SpoolName(token, pid, start, seq) == parse_name(file_name(token, pid, start, seq))
+
+    @pytest.mark.parametrize("name", ["events.jsonl", ".batchobs-ingest.lock", ".creating.h-1-2-000003.jsonl",
+                                      "h-1-2-000003.jsonl.tmp", "h-x-2-000003.jsonl", "a-b-1-2-000003.jsonl"])
+    def test_other_names_are_not_spool_files(self, name: str) -> None:
+        """Only the writer's own shape parses."""
+        assert parse_name(name) is None
 
 
 @pytest.fixture(scope="module")
