@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--state-dir", type=Path, help="checkpoint and archive (default $BATCHOBS_HOME/ingest)")
     ingest.add_argument("--batch-rows", type=whole(1), default=IngestConfig.max_rows)
     ingest.add_argument("--batch-bytes", type=whole(MIN_BUFFER_BYTES), default=IngestConfig.max_bytes)
+    ingest.add_argument("--backlog-batch-bytes", type=whole(MIN_BUFFER_BYTES),
+                        default=IngestConfig.backlog_batch_bytes,
+                        help="while a backlog drains, batches grow up to this (rows in proportion); "
+                             "at most about --inserts-in-flight + 2 batches are held in memory")
     ingest.add_argument("--max-latency", type=seconds, default=IngestConfig.max_latency_s,
                         help="seconds a line may wait for its batch")
     ingest.add_argument("--max-line-bytes", type=whole(MIN_BUFFER_BYTES), default=IngestConfig.max_line_bytes)
@@ -370,7 +374,7 @@ def _ingest(args: argparse.Namespace) -> int:
         spool_dir=args.spool_dir or Path(os.environ.get("BATCHOBS_SPOOL_DIR") or home / "spool"),
         state_dir=args.state_dir or home / "ingest", max_rows=args.batch_rows, max_bytes=args.batch_bytes,
         max_latency_s=args.max_latency, max_line_bytes=args.max_line_bytes, retention=args.retention,
-        inserts_in_flight=args.inserts_in_flight,
+        inserts_in_flight=args.inserts_in_flight, backlog_batch_bytes=args.backlog_batch_bytes,
     )
     settings = resolve()
     ingester = Ingester(config, client=None)

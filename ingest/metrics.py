@@ -40,6 +40,10 @@ class IngestMetrics:
             "batchobs_ingest_spool_files_changed",
             "Spool files replaced, truncated or rewritten under the reader (each a dead letter of the range lost)",
             ["how"], registry=r)
+        self.batch_limit_bytes = Gauge(
+            "batchobs_ingest_batch_limit_bytes",
+            "Byte limit of the batch being read: --batch-bytes when caught up, larger while a backlog drains",
+            registry=r)
         self.lag_bytes = Gauge("batchobs_ingest_lag_bytes", "Spool bytes not yet ingested", registry=r)
         self.lag_seconds = Gauge("batchobs_ingest_lag_seconds",
                                  "Age of the oldest spool file with bytes not yet ingested", registry=r)

@@ -27,7 +27,7 @@ from listener.tables import SCHEMA_MIGRATIONS, WRITTEN
 
 from . import spoolfiles
 from .checkpoint import LOST, Checkpoint, Range
-from .config import IngestConfig
+from .config import BatchLimits, IngestConfig
 from .errors import IngestError, WarehouseRejected
 from .lock import DirectoryLock
 from .metrics import IngestMetrics
@@ -69,6 +69,7 @@ class Ingester:
         self.attach(client, target)
         self.checkpoint = Checkpoint(config.state_dir / "checkpoint.json")
         self._lag_at = 0.0
+        self._limits: BatchLimits | None = None  # the last batch's (they grow with a backlog)
         self._seen_size: dict[str, int] = {}  # the largest size seen of each spool file
         self._skipped: dict[str, str] = {}  # entries of the spool directory skipped, and why (warned once)
         # The last bytes read of each file and where they end: still there at the next read,
@@ -173,6 +174,7 @@ class Ingester:
     def _collect(self, once: bool, ahead: dict[str, int]) -> list[Chunk]:
         """Chunks for one batch: up to the limits, or what arrived within max_latency_s.
 
+        The limits grow with the backlog found when the batch begins (IngestConfig.batch_limits).
         With ``once`` (draining a backlog) nothing is waited for: what is there is the batch.
         ``ahead`` holds read positions past the checkpoint (the batch still landing).
         """
@@ -180,18 +182,22 @@ class Ingester:
         rows = size = 0
         first_at: float | None = None
         taken: dict[str, int] = dict(ahead)
+        limits: BatchLimits | None = None
         while True:
             files = spoolfiles.list_files(self.config.spool_dir, self._skip)
+            if limits is None:
+                limits = self._limits = self.config.batch_limits(self._backlog(files, taken), self._limits)
+                self.metrics.batch_limit_bytes.set(limits.bytes)
             grew = False
             for file in files:
-                if rows >= self.config.max_rows or size >= self.config.max_bytes:
+                if rows >= limits.rows or size >= limits.bytes:
                     break
-                chunk = self._next_chunk(file, taken, size)
+                chunk = self._next_chunk(file, taken, limits.bytes - size, limits.rows - rows)
                 if chunk is None:
                     continue
-                chunk = chunk.first_lines(self.config.max_rows - rows)
+                chunk = chunk.first_lines(limits.rows - rows)
                 if not chunk.lost and not chunk.oversize:  # (an oversized line's end is not in hand)
-                    self._last_read[file.name] = (chunk.end, chunk.data[-_LAST_READ:])
+                    self._last_read[file.name] = (chunk.end, bytes(chunk.data[-_LAST_READ:]))
                 chunks.append(chunk)
                 taken[file.name] = 0 if chunk.lost else chunk.end  # a changed file is read again from 0
                 rows += max(1, chunk.lines)
@@ -200,15 +206,20 @@ class Ingester:
             if not chunks:
                 return chunks
             first_at = first_at or time.monotonic()
-            if rows >= self.config.max_rows or size >= self.config.max_bytes or self.stop.is_set():
+            if rows >= limits.rows or size >= limits.bytes or self.stop.is_set():
                 return chunks
             if once or time.monotonic() - first_at >= self.config.max_latency_s:
                 return chunks
             if not grew:
                 self.stop.wait(self.config.poll_s)
 
-    def _next_chunk(self, file: SpoolFile, taken: dict[str, int], used: int) -> Chunk | None:
-        """The next chunk of ``file``, or the loss of a change under the reader, or None.
+    def _backlog(self, files: list[SpoolFile], taken: dict[str, int]) -> int:
+        """Bytes of the spool not yet read (nor in flight), as listed."""
+        return sum(max(0, f.size - taken.get(f.name, self.checkpoint.offsets.get(f.name, 0))) for f in files)
+
+    def _next_chunk(self, file: SpoolFile, taken: dict[str, int], max_bytes: int, max_lines: int) -> Chunk | None:
+        """The next chunk of ``file`` (at most ``max_bytes`` / ``max_lines``), or the loss
+        of a change under the reader, or None.
 
         A file that cannot be read is skipped (with one warning): it never stops the others.
         """
@@ -216,9 +227,9 @@ class Ingester:
         offset = taken.get(name, self.checkpoint.offsets.get(name, 0))
         end, last = self._last_read.get(name, (-1, b""))
         try:
-            got = spoolfiles.read_chunk(file, offset, self.config.max_bytes - used, self.config.max_line_bytes,
+            got = spoolfiles.read_chunk(file, offset, max_bytes, self.config.max_line_bytes,
                                         spoolfiles.finished(file), self.checkpoint.identities.get(name),
-                                        self._seen_size.get(name, 0), last if end == offset else b"")
+                                        self._seen_size.get(name, 0), last if end == offset else b"", max_lines)
         except OSError as exc:
             self._skip(name, "unreadable", f"cannot be read ({exc.strerror or exc})")
             return None
@@ -290,8 +301,8 @@ class Ingester:
         try:
             if fast and lines:
                 try:
-                    inserted = self.writer.insert_events(b"".join(c.data for c in lines), batch.token,
-                                                         sum(c.lines for c in lines))
+                    body = lines[0].data if len(lines) == 1 else b"".join(c.data for c in lines)
+                    inserted = self.writer.insert_events(body, batch.token, sum(c.lines for c in lines))
                 except (DataError, PartitionLimit):  # cut down line by line
                     fast = False
             if not fast:
@@ -319,11 +330,11 @@ class Ingester:
         dead: list[DeadLetter] = []
         for chunk in chunks:
             if chunk.oversize:
-                line = Line(chunk.file.name, chunk.start, chunk.data)
+                line = Line(chunk.file.name, chunk.start, bytes(chunk.data))
                 dead.append(DeadLetter.of(line, f"line longer than {self.config.max_line_bytes} bytes",
                                           chunk.end - chunk.start))
                 continue
-            for line in lines_of(chunk.file.name, chunk.start, chunk.data):
+            for line in lines_of(chunk.file.name, chunk.start, bytes(chunk.data)):
                 result = validate(line, self.config.max_line_bytes)
                 if isinstance(result, DeadLetter):
                     dead.append(result)

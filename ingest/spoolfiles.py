@@ -26,6 +26,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from io import BufferedReader
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +47,7 @@ class SpoolFile:
     path: Path
     writer: str = ""  # host-pid-start: one writing process
     seq: int = 0
+    size: int = 0  # bytes when listed
 
     @property
     def name(self) -> str:
@@ -72,16 +74,16 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
             skip(entry.name, "name", f"not named as the listener names spool files ({NAME_PATTERN})")
             continue
         try:
-            mode = entry.stat(follow_symlinks=False).st_mode
+            info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # removed since the listing
         except OSError as exc:
             skip(entry.name, "unreadable", f"cannot be examined ({exc.strerror or exc})")
             continue
-        if not stat.S_ISREG(mode):
-            skip(entry.name, "type", f"not a regular file but {_kind_of(mode)}: never followed or read")
+        if not stat.S_ISREG(info.st_mode):
+            skip(entry.name, "type", f"not a regular file but {_kind_of(info.st_mode)}: never followed or read")
             continue
-        found.append(SpoolFile(Path(entry.path), parsed.writer, parsed.seq))
+        found.append(SpoolFile(Path(entry.path), parsed.writer, parsed.seq, info.st_size))
     found.sort(key=lambda f: (f.writer, f.seq))
     return found
 
@@ -153,7 +155,7 @@ class Chunk:
     file: SpoolFile
     start: int
     end: int
-    data: bytes
+    data: bytes | bytearray  # a bytearray as read (cut to its last line in place, never copied)
     truncated_tail: bool = False  # data is a finished file's last fragment (no newline)
     oversize: bool = False  # data is the head of a line longer than the limit; end skips all of it
     lost: str = ""  # not lines but a loss: why bytes [start, end) of the file were never read (data is empty)
@@ -173,18 +175,7 @@ class Chunk:
         if self.truncated_tail or self.oversize or self.lost or self.lines <= n:
             return self
         data = self.data
-        # Guess where line n ends from the mean line length, count the newlines after
-        # the guess (a C scan of the part cut off), then step the few lines to the cut.
-        guess = max(1, n * len(data) // self.lines)
-        seen = self.lines - data.count(b"\n", guess)  # newlines before the guess
-        if seen >= n:
-            cut = data.rfind(b"\n", 0, guess)
-            for _ in range(seen - n):
-                cut = data.rfind(b"\n", 0, cut)
-        else:
-            cut = guess - 1
-            for _ in range(n - seen):
-                cut = data.find(b"\n", cut + 1)
+        cut = _end_of_line(data, n, self.lines)
         head = dataclasses.replace(self, end=self.start + cut + 1, data=data[: cut + 1])
         head.__dict__["lines"] = n  # known: no need to count megabytes again
         return head
@@ -223,9 +214,28 @@ def loss_reason(how: str, start: int, end: int) -> str:
             " (and any written after them before the change); read again from byte 0")
 
 
+def _end_of_line(data: bytes | bytearray, n: int, lines: int) -> int:
+    """The index of the newline ending line ``n`` (1-based) of ``data``, which holds ``lines`` newlines."""
+    # Guess where line n ends from the mean line length, count the newlines after
+    # the guess (a C scan of the part cut off), then step the few lines to the cut.
+    guess = max(1, n * len(data) // lines)
+    seen = lines - data.count(b"\n", guess)  # newlines before the guess
+    if seen >= n:
+        cut = data.rfind(b"\n", 0, guess)
+        for _ in range(seen - n):
+            cut = data.rfind(b"\n", 0, cut)
+    else:
+        cut = guess - 1
+        for _ in range(n - seen):
+            cut = data.find(b"\n", cut + 1)
+    return cut
+
+
 def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_finished: bool,
-               identity: Identity | None = None, seen: int = 0, before: bytes = b"") -> Chunk | Changed | None:
-    """Up to ``max_bytes`` of complete lines from ``offset``, or None if nothing is ready.
+               identity: Identity | None = None, seen: int = 0, before: bytes = b"",
+               max_lines: int | None = None) -> Chunk | Changed | None:
+    """Up to ``max_bytes`` (and ``max_lines``) of complete lines from ``offset``, or None
+    if nothing is ready.
 
     ``identity`` is the file read up to ``offset`` before (None: not known); a different
     file under the name, one shorter than ``offset``, or one whose bytes just before
@@ -256,29 +266,39 @@ def read_chunk(file: SpoolFile, offset: int, max_bytes: int, max_line: int, is_f
             handle.seek(offset - len(expected))
             if handle.read(len(expected)) != expected:
                 return Changed(file, current, offset, max(offset, seen), size, "rewritten")
-        chunk = _read(handle, file, offset, size, max_bytes, max_line, is_finished)
-        return None if chunk is None else dataclasses.replace(chunk, identity=current, file_size=size)
+        return _read(handle, file, offset, size, max_bytes, max_line, is_finished, max_lines, current)
 
 
-def _read(handle: BinaryIO, file: SpoolFile, offset: int, size: int, max_bytes: int, max_line: int,
-          is_finished: bool) -> Chunk | None:
+def _read(handle: BufferedReader, file: SpoolFile, offset: int, size: int, max_bytes: int, max_line: int,
+          is_finished: bool, max_lines: int | None, identity: Identity) -> Chunk | None:
     want = min(size - offset, max(max_bytes, max_line + 1))
     handle.seek(offset)
-    data = handle.read(want)
+    # Into a bytearray, so that the chunk is cut to its last complete line in place: while a
+    # backlog drains chunks run to tens of megabytes, and a copy of each costs more than the read.
+    data = bytearray(want)
+    del data[handle.readinto(data) :]
     cut = data.rfind(b"\n")
     if cut >= 0:
         if len(data) > max_bytes:  # keep the chunk near max_bytes, always on a line boundary
             within = data.rfind(b"\n", 0, max_bytes)
             cut = within if within >= 0 else cut
-        return Chunk(file, offset, offset + cut + 1, data[: cut + 1])
+        lines = data.count(b"\n", 0, cut + 1)
+        if max_lines is not None and lines > max_lines:
+            cut, lines = _end_of_line(data, max_lines, lines), max_lines
+        del data[cut + 1 :]
+        chunk = Chunk(file, offset, offset + cut + 1, data, identity=identity, file_size=size)
+        chunk.__dict__["lines"] = lines  # counted once: no need to count megabytes again
+        return chunk
     if len(data) > max_line:
         # No newline within the limit: one oversized line.  Skip to its end, keep its head.
         end = _next_newline(handle, offset + len(data))
         if end is None and not is_finished:
             return None
-        return Chunk(file, offset, end if end is not None else size, data[:max_line], oversize=True)
+        return Chunk(file, offset, end if end is not None else size, bytes(data[:max_line]), oversize=True,
+                     identity=identity, file_size=size)
     if is_finished:
-        return Chunk(file, offset, offset + len(data), data, truncated_tail=True)
+        return Chunk(file, offset, offset + len(data), bytes(data), truncated_tail=True, identity=identity,
+                     file_size=size)
     return None
 
 
