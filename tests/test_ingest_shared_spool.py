@@ -28,8 +28,8 @@ from ingest.lock import LOCK_NAME
 from ingest.service import IngestConfig, Ingester
 from listener.contract import encode
 from listener.spool import parse_name
+from listener.testing import history
 from warehouse.connection import ClickHouseSettings
-from warehouse.synthetic import history
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = [encode(e) for e in history(10)]  # 176 events, ~300 bytes each
