@@ -6,7 +6,10 @@
    ``INSERT INTO events SELECT * FROM file(..., JSONEachRow, <contract columns>)``, same
    engine, table, constraints and JSON settings, in a chDB process of its own because the
    embedded server refuses ``file()``).  Each on a freshly created table.  ``--repeat``
-   runs all three loads again, each time in the same order.
+   runs all three loads again, each time in the same order.  Also the drain by a running
+   ``batchobs ingest`` (the outage case): the backlog's files renamed into its spool
+   directory at once, timed until its /metrics count every event inserted; like the
+   native load's INSERT, this leaves out the process's start.
 2. Freshness: events written at a steady 1k/s while ``batchobs ingest`` runs;
    a poller sees each event become queryable: freshness = seen - emitted_at.
 3. Memory: the ingester's peak RSS (VmHWM); the engine is another process.
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +46,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from batchobs.loopback import free_port, wait_http  # noqa: E402
 from benchmarks._report import percentile, save  # noqa: E402
 from ingest.config import BatchLimits, IngestConfig  # noqa: E402
 from ingest.writer import EVENT_SETTINGS, INSERT_SETTINGS  # noqa: E402
@@ -103,6 +108,49 @@ def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[
     return time.perf_counter() - started, peak
 
 
+def inserted(metrics_url: str) -> float:
+    """``batchobs_ingest_events_inserted_total`` from a running ingester's /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        for row in answer.read().decode().splitlines():
+            if row.startswith("batchobs_ingest_events_inserted_total "):
+                return float(row.split()[1])
+    return 0.0
+
+
+def service_drain(settings: ClickHouseSettings, home: Path, backlog: list[Path], events: int,
+                  options: list[str]) -> tuple[float, float, float]:
+    """(seconds, peak RSS MB, CPU seconds) of a running ingester draining a backlog that
+    appears at once: the files are renamed into its spool directory when it is ready, and
+    the clock stops when its /metrics count every event inserted (committed).  The
+    drain after an outage, without the process's start (as the native load is timed
+    without chDB's import)."""
+    shutil.rmtree(home, ignore_errors=True)
+    staged, spool = home / "staged", home / "spool"
+    staged.mkdir(parents=True)
+    spool.mkdir()
+    for file in backlog:
+        shutil.copyfile(file, staged / file.name)
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    proc = subprocess.Popen([BATCHOBS, "ingest", "--metrics-port", str(port), "--retention", "keep", *options],
+                            env=ingester_env(settings, home), stderr=open(home / "ingest.log", "ab"))  # noqa: SIM115
+    try:
+        wait_http(metrics)
+        time.sleep(0.5)  # settled: connected, migrations checked, polling an empty spool
+        cpu, started = cpu_s(proc.pid), time.perf_counter()
+        for file in sorted(staged.iterdir()):
+            file.rename(spool / file.name)
+        while inserted(metrics) < events:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the ingester exited ({proc.returncode}): see {home / 'ingest.log'}")
+            time.sleep(0.01)
+        seconds, cpu = time.perf_counter() - started, cpu_s(proc.pid) - cpu
+        return seconds, peak_rss_mb(proc.pid), cpu
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def engine_ceiling(settings: ClickHouseSettings, data: bytes, batch_rows: int, in_flight: int,
                    insert_settings: dict[str, int]) -> float:
     """Seconds to insert ``data`` in ``batch_rows``-line bodies, ``in_flight`` at a time,
@@ -150,11 +198,17 @@ def throughput(args: argparse.Namespace, settings: ClickHouseSettings, server_pi
     home = tmp / "home"
     shutil.rmtree(home / "ingest", ignore_errors=True)  # the checkpoint: read the backlog again
     server_cpu, ingester_cpu = cpu_s(server_pid), children_cpu_s()
-    seconds, peak = run_ingester(settings, home, "--once", "--retention", "keep",
-                                 "--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes),
-                                 "--backlog-batch-bytes", str(args.backlog_batch_bytes),
-                                 "--inserts-in-flight", str(args.inserts_in_flight))
+    options = ["--batch-rows", str(args.batch_rows), "--batch-bytes", str(args.batch_bytes),
+               "--backlog-batch-bytes", str(args.backlog_batch_bytes),
+               "--inserts-in-flight", str(args.inserts_in_flight)]
+    seconds, peak = run_ingester(settings, home, "--once", "--retention", "keep", *options)
     server_cpu, ingester_cpu = cpu_s(server_pid) - server_cpu, children_cpu_s() - ingester_cpu
+    assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
+    fresh_table(client, ddl)
+    drain_server_cpu = cpu_s(server_pid)
+    drain, drain_peak, drain_cpu = service_drain(settings, tmp / "drain", sorted((home / "spool").glob("*.jsonl")),
+                                                 args.events, options)
+    drain_server_cpu = cpu_s(server_pid) - drain_server_cpu
     assert client.command("SELECT count() FROM events") == args.events, "not every event landed"
     fresh_table(client, ddl)
     # the largest batch of the drain (IngestConfig.batch_limits), in rows
@@ -169,6 +223,10 @@ def throughput(args: argparse.Namespace, settings: ClickHouseSettings, server_pi
         "clickhouse_file_s": round(native, 2), "clickhouse_file_events_per_s": round(args.events / native),
         "ingester_s": round(seconds, 2), "ingester_events_per_s": round(args.events / seconds),
         "ratio_ingester_to_native": round(native / seconds, 2),
+        # a running ingester draining the backlog (the outage case): no process start in the time
+        "service_drain_s": round(drain, 2), "service_drain_events_per_s": round(args.events / drain),
+        "ratio_service_drain_to_native": round(native / drain, 2),
+        "ratio_service_drain_to_ceiling": round(ceiling / drain, 2),
         # the engine's own limit at the drain's largest batch: the same bodies, cut in
         # advance and posted as many at once, by a client that does nothing else
         "ceiling_batch_rows": grown, "engine_ceiling_events_per_s": round(args.events / ceiling),
@@ -176,7 +234,9 @@ def throughput(args: argparse.Namespace, settings: ClickHouseSettings, server_pi
         "ingester_peak_rss_mb": round(peak, 1),
         # where the time goes: CPU seconds of each process (the server's include merges)
         "cpu_s": {"native.engine": round(native_server_cpu, 2), "ingest.server": round(server_cpu, 2),
-                  "ingest.ingester": round(ingester_cpu, 2), "ceiling.server": round(ceiling_server_cpu, 2)},
+                  "ingest.ingester": round(ingester_cpu, 2), "drain.server": round(drain_server_cpu, 2),
+                  "drain.ingester": round(drain_cpu, 2), "ceiling.server": round(ceiling_server_cpu, 2)},
+        "service_drain_peak_rss_mb": round(drain_peak, 1),
     }
 
 

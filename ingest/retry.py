@@ -14,13 +14,15 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
 from tenacity import RetryCallState, Retrying, wait_random_exponential
+from urllib3.exceptions import HTTPError
 
 from listener.tables import DEAD_LETTERS, EVENTS, SCHEMA_MIGRATIONS
 
@@ -44,6 +46,9 @@ UNKNOWN_TABLE = 60
 ACCESS_DENIED = frozenset({497, 291})  # ACCESS_DENIED, DATABASE_ACCESS_DENIED
 READONLY = 164
 MIGRATE = "run `batchobs warehouse migrate`"
+# What a client, its connection or the network raise.  Anything else (a TypeError, an
+# AttributeError) is a fault of the code: it is raised as it is, never retried as an outage.
+WAREHOUSE_FAILURES = (ClickHouseError, OSError, http.client.HTTPException, HTTPError)
 
 
 class DataError(Exception):
@@ -177,7 +182,7 @@ class Retry:
     def _attempt(self, action: Callable[[], T]) -> T:
         try:
             return action()
-        except Exception as exc:  # noqa: BLE001 - every failure is classified; none escapes unclassified
+        except (*WAREHOUSE_FAILURES, IngestError, DataError, PartitionLimit) as exc:
             raise classify(exc, self.target) from None
 
     def _retried(self, state: RetryCallState) -> bool:

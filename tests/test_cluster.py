@@ -311,7 +311,7 @@ class RecordingClient:
     def raw_insert(self, table: str, column_names: list[str], insert_block: bytes, fmt: str,
                    settings: dict[str, Any]) -> Any:
         self.inserts.append((table, settings))
-        rows = insert_block.count(b"\n")
+        rows = bytes(insert_block).count(b"\n")
         return SimpleNamespace(summary={"written_rows": 2 * rows})  # the Distributed table's write and the shard's
 
     def insert(self, table: str, data: list[Any], column_names: list[str], settings: dict[str, Any]) -> None:

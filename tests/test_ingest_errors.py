@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from ingest.config import IngestConfig
-from ingest.errors import WarehouseRejected
+from ingest.errors import IngestError, WarehouseRejected
 from ingest.metrics import IngestMetrics
+from ingest.retry import Retry, Target
 from ingest.service import Ingester, connect_when_ready
 from listener.contract import encode
 from listener.spool import Spool
@@ -197,6 +198,21 @@ class TestOutages:
         assert 1 == len(outcome) and isinstance(outcome[0], InterruptedError)
         details = [kw.get("detail", "") for _, event, kw in log.lines if event == "warehouse not reachable yet"]
         assert details and all("Connection refused" in d for d in details)
+
+    def test_a_fault_of_the_code_is_raised_at_once_not_retried_as_an_outage(self) -> None:
+        """An exception no client or network raises (here a TypeError) is a bug: raised as it
+        is on the first attempt, never logged as the warehouse being unavailable."""
+        told: list[IngestError] = []
+        attempts: list[int] = []
+        retry = Retry(Target("http://node/", "u", "db"), threading.Event(), lambda error, wait: told.append(error))
+
+        def broken() -> None:
+            attempts.append(1)
+            raise TypeError("a bug")
+
+        with pytest.raises(TypeError, match="a bug"):
+            retry(broken)
+        assert ([1], []) == (attempts, told)
 
     def test_service_refused_keeps_running_and_stops_on_sigterm(self, database: ClickHouseSettings,
                                                                 spooled: Path) -> None:
