@@ -6,6 +6,8 @@ the measured /ping times are printed (``pytest -s``) for the record, never asser
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -13,11 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import zstandard
 
 from warehouse import embedded
+from warehouse.server import engine
 
 from .test_embedded_security import alive_and_kept, clean_env
 from .test_embedded_server import PASSWORDS, port_of, raw, started
@@ -234,3 +239,64 @@ class TestInsertSpool:
             assert not spool.exists() or [] == list(spool.iterdir())
         finally:
             server.stop()
+
+
+class SlowToLock:
+    """A session lock whose waiting acquires take their time (50 ms) first: it widens the moment
+    between a session being opened and its first query, where another client's eviction
+    (which never waits) could take it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking:
+            time.sleep(0.05)
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class FakeEngine:
+    """Stands in for chDB (only the session bookkeeping is under test): connections that
+    know whether they were closed."""
+
+    def slot(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def new_connection(self, keeps_baseline: bool = False) -> SimpleNamespace:
+        conn = SimpleNamespace(discard=False, closed=False)
+        conn.close = lambda: setattr(conn, "closed", True)
+        return conn
+
+
+class TestSessionRace:
+    def test_a_session_just_opened_is_never_evicted_before_its_query(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At the session limit, a second client's new session finds the first one busy from the
+        moment it opened (too many sessions), never closes it under its first query."""
+        monkeypatch.setattr(engine, "_Session", dataclasses.make_dataclass(
+            "_Session", [("lock", Any, dataclasses.field(default_factory=SlowToLock))], bases=(engine._Session,)))
+        sessions = engine.Sessions(FakeEngine(), max_sessions=1)  # type: ignore[arg-type]
+        seen: list[bool] = []
+        refused: list[int] = []
+
+        def first() -> None:
+            with sessions.session("a", None, False) as conn:
+                time.sleep(0.2)
+                seen.append(conn.closed)
+
+        def second() -> None:
+            time.sleep(0.01)  # after "a" is opened, while its opener is still taking its lock
+            try:
+                with sessions.session("b", None, False):
+                    pass
+            except engine.EngineError as exc:
+                refused.append(exc.code)
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert ([False], [engine.USER_SESSION_LIMIT_EXCEEDED]) == (seen, refused)

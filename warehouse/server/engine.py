@@ -258,28 +258,7 @@ class Sessions:
 
     @contextmanager
     def _opened(self, session_id: str, timeout_s: float, check: bool) -> Iterator[_Session]:
-        evicted = None
-        with self._lock:
-            sess = self._sessions.get(session_id)
-            if sess is None:
-                if check:
-                    raise EngineError.of(SESSION_NOT_FOUND, f"Session {session_id[:64]} not found")
-                if len(self._sessions) >= self._max_sessions:
-                    # clickhouse-connect opens a session per client and never closes it, so at the
-                    # limit the least recently used idle session makes room (as an expiry would).
-                    evicted = self._evict_idle()
-                    if evicted is None:
-                        raise EngineError.of(USER_SESSION_LIMIT_EXCEEDED,
-                                             f"Too many open sessions ({self._max_sessions}), all busy")
-                sess = _Session(self._engine.new_connection(keeps_baseline=True), timeout_s)
-                self._sessions[session_id] = sess
-        if evicted is not None:
-            evicted.conn.close()
-        # The previous query of this session may still be sending its last bytes when the
-        # client, already holding the whole response, sends the next: wait a moment for it.
-        # A query still running after that is a concurrent client.
-        if not sess.lock.acquire(timeout=LOCK_GRACE_S):
-            raise EngineError.of(SESSION_IS_LOCKED, f"Session {session_id[:64]} is locked by a concurrent client")
+        sess = self._claim(session_id, check, timeout_s)
         try:
             sess.timeout_s = timeout_s
             yield sess
@@ -291,6 +270,48 @@ class Sessions:
                 with self._lock:
                     self._sessions.pop(session_id, None)
                 sess.conn.close()
+            sess.lock.release()
+
+    def _claim(self, session_id: str, check: bool, timeout_s: float) -> _Session:
+        """The session ``session_id`` (opened if new), its lock held by the caller.
+
+        A session is evicted or expired only by whoever takes its lock, so the lock is held
+        from the moment a session is opened, and a session found is used only if it is still
+        the registered one once its lock is taken (else it was closed meanwhile, and the id
+        opens a new one, as after an expiry).
+        """
+        deadline = time.monotonic() + LOCK_GRACE_S
+        while True:
+            evicted, opened = None, False
+            with self._lock:
+                sess = self._sessions.get(session_id)
+                if sess is None:
+                    if check:
+                        raise EngineError.of(SESSION_NOT_FOUND, f"Session {session_id[:64]} not found")
+                    if len(self._sessions) >= self._max_sessions:
+                        # clickhouse-connect opens a session per client and never closes it, so at
+                        # the limit the least recently used idle session makes room (as an expiry would).
+                        evicted = self._evict_idle()
+                        if evicted is None:
+                            raise EngineError.of(USER_SESSION_LIMIT_EXCEEDED,
+                                                 f"Too many open sessions ({self._max_sessions}), all busy")
+                    sess = _Session(self._engine.new_connection(keeps_baseline=True), timeout_s)
+                    sess.lock.acquire()
+                    self._sessions[session_id] = sess
+                    opened = True
+            if evicted is not None:
+                evicted.conn.close()
+            if opened:
+                return sess
+            # The previous query of this session may still be sending its last bytes when the
+            # client, already holding the whole response, sends the next: wait a moment for it.
+            # A query still running after that is a concurrent client.
+            if not sess.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise EngineError.of(SESSION_IS_LOCKED,
+                                     f"Session {session_id[:64]} is locked by a concurrent client")
+            with self._lock:
+                if self._sessions.get(session_id) is sess:
+                    return sess
             sess.lock.release()
 
     def _evict_idle(self) -> _Session | None:
