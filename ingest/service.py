@@ -205,13 +205,23 @@ class Ingester:
                 grew = True
             if not chunks:
                 return chunks
-            first_at = first_at or time.monotonic()
+            first_at = first_at or self._waiting_since(chunks[0])
             if rows >= limits.rows or size >= limits.bytes or self.stop.is_set():
                 return chunks
             if once or time.monotonic() - first_at >= self.config.max_latency_s:
                 return chunks
             if not grew:
                 self.stop.wait(self.config.poll_s)
+
+    @staticmethod
+    def _waiting_since(chunk: Chunk) -> float:
+        """Since when (monotonic) the first line of a batch has waited: since its file was last
+        written, if the line was already there when the file was listed (then it was written by
+        that time: a backlog's batch is overdue at once), else since now."""
+        now = time.monotonic()
+        if chunk.file.modified and chunk.start < chunk.file.size:
+            return now - max(0.0, time.time() - chunk.file.modified)
+        return now
 
     def _backlog(self, files: list[SpoolFile], taken: dict[str, int]) -> int:
         """Bytes of the spool not yet read (nor in flight), as listed."""

@@ -48,6 +48,7 @@ class SpoolFile:
     writer: str = ""  # host-pid-start: one writing process
     seq: int = 0
     size: int = 0  # bytes when listed
+    modified: float = 0.0  # st_mtime when listed: its lines were written by then
 
     @property
     def name(self) -> str:
@@ -83,7 +84,7 @@ def list_files(directory: Path, on_skip: Callable[[str, str, str], None] | None 
         if not stat.S_ISREG(info.st_mode):
             skip(entry.name, "type", f"not a regular file but {_kind_of(info.st_mode)}: never followed or read")
             continue
-        found.append(SpoolFile(Path(entry.path), parsed.writer, parsed.seq, info.st_size))
+        found.append(SpoolFile(Path(entry.path), parsed.writer, parsed.seq, info.st_size, info.st_mtime))
     found.sort(key=lambda f: (f.writer, f.seq))
     return found
 

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -156,3 +158,40 @@ class TestDrain:
 def committed_lines(spool: Path, offsets: dict[str, int]) -> int:
     """Lines of the spool before the checkpoint's read positions."""
     return sum((spool / name).read_bytes()[:offset].count(b"\n") for name, offset in offsets.items())
+
+
+class TestBacklogLatency:
+    """A line's wait for its batch counts from when it was written, as far as the spool tells:
+    a backlog's last, partial batch goes at once instead of waiting ``max_latency_s`` more.
+    (No warehouse is needed: only the batch collection is exercised.)"""
+
+    def collect_in_background(self, tmp_path: Path, age_s: float) -> tuple[Ingester, threading.Thread, list[int]]:
+        spool = tmp_path / "spool"
+        write_spool(spool, 50)
+        for file in spool.iterdir():
+            written = time.time() - age_s
+            os.utime(file, (written, written))
+        config = IngestConfig(spool_dir=spool, state_dir=tmp_path / "state", max_latency_s=3600)
+        ingester = Ingester(config, None)
+        collected: list[int] = []
+        worker = threading.Thread(target=lambda: collected.append(sum(c.lines for c in ingester._collect(False, {}))),
+                                  daemon=True)
+        worker.start()
+        return ingester, worker, collected
+
+    def test_lines_written_long_ago_are_a_batch_at_once(self, tmp_path: Path) -> None:
+        """Lines already an hour old when read: the batch is collected without waiting."""
+        ingester, worker, collected = self.collect_in_background(tmp_path, age_s=3600)
+        worker.join(10)  # (without the rule it would wait an hour)
+        stopped = ingester.stop.is_set()
+        ingester.stop.set()
+        assert ([50], False) == (collected, stopped)
+
+    def test_lines_just_written_wait_for_more(self, tmp_path: Path) -> None:
+        """Lines written just now: the batch waits for more (here until stopped)."""
+        ingester, worker, collected = self.collect_in_background(tmp_path, age_s=0)
+        worker.join(1.0)
+        waiting = worker.is_alive()
+        ingester.stop.set()
+        worker.join(60)
+        assert (True, [50]) == (waiting, collected)
