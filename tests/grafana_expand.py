@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -371,18 +371,24 @@ def _no_context(name: str) -> str:
 _NAMES = sorted(MACROS, key=len, reverse=True)
 
 
-def _split_args(text: str) -> list[str]:
-    args, depth, quote, last = [], 0, "", 0
-    for i, ch in enumerate(text):
+def _unquoted(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, parenthesis depth after it) of each character outside quotes."""
+    depth, quote = 0, ""
+    for i in range(start, len(text)):
+        ch = text[i]
         if quote:
             quote = "" if ch == quote else quote
         elif ch in "'\"`":
             quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
+        else:
+            depth += (ch == "(") - (ch == ")")
+            yield i, ch, depth
+
+
+def _split_args(text: str) -> list[str]:
+    args, last = [], 0
+    for i, ch, depth in _unquoted(text):
+        if ch == "," and depth == 0:
             args.append(text[last:i].strip())
             last = i + 1
     tail = text[last:].strip()
@@ -391,20 +397,7 @@ def _split_args(text: str) -> list[str]:
 
 def _closing(sql: str, open_at: int) -> int:
     """Index of the parenthesis closing the one at ``open_at``, or -1."""
-    depth, quote = 0, ""
-    for i in range(open_at, len(sql)):
-        ch = sql[i]
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+    return next((i for i, ch, depth in _unquoted(sql, open_at) if ch == ")" and depth == 0), -1)
 
 
 def expand_macros(sql: str, time_range: TimeRange, interval: int) -> str:
