@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -48,6 +49,7 @@ READONLY = 164
 MIGRATE = "run `batchobs warehouse migrate`"
 # What a client, its connection or the network raise.  Anything else (a TypeError, an
 # AttributeError) is a fault of the code: it is raised as it is, never retried as an outage.
+_WAKE_EVERY_S = 0.1  # how often a wait for an outage looks whether another call got through
 WAREHOUSE_FAILURES = (ClickHouseError, OSError, http.client.HTTPException, HTTPError)
 
 
@@ -160,6 +162,10 @@ class Retry:
     :class:`WarehouseUnavailable` or a :class:`WarehouseRejected`).  ``stop`` ends the
     waiting with :class:`InterruptedError`.  With ``give_up_rejected`` a rejection is
     raised instead of retried.
+
+    One instance serves every insert in flight.  When a call gets through, the calls
+    waiting out an outage try again at once rather than sleeping out their backoff (up to
+    ``max_backoff_s``): after an outage the backlog starts draining with the first answer.
     """
 
     def __init__(self, target: Target, stop: threading.Event, on_retry: Callable[[IngestError, float], None],
@@ -171,6 +177,8 @@ class Retry:
         self._on_retry = on_retry
         self._rejected_every = rejected_every_s
         self._backoff = wait_random_exponential(multiplier=0.2, max=max_backoff_s, min=0.05)
+        self._answers = 0  # calls that got through: a change wakes the waits for an outage
+        self._waiting = threading.local()  # this thread's wait: for an outage (True) or a refusal
 
     def __call__(self, action: Callable[[], T]) -> T:
         retrying = Retrying(
@@ -181,9 +189,11 @@ class Retry:
 
     def _attempt(self, action: Callable[[], T]) -> T:
         try:
-            return action()
+            result = action()
         except (*WAREHOUSE_FAILURES, IngestError, DataError, PartitionLimit) as exc:
             raise classify(exc, self.target) from None
+        self._answers += 1
+        return result
 
     def _retried(self, state: RetryCallState) -> bool:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -192,13 +202,19 @@ class Retry:
         return isinstance(error, WarehouseUnavailable)
 
     def _wait(self, state: RetryCallState) -> float:
-        if state.outcome is not None and isinstance(state.outcome.exception(), WarehouseRejected):
+        refused = state.outcome is not None and isinstance(state.outcome.exception(), WarehouseRejected)
+        self._waiting.outage = not refused
+        if refused:
             return self._rejected_every  # a person must act: ask again slowly
         return float(self._backoff(state))
 
     def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise InterruptedError("stopped while the warehouse was unavailable")
+        """Wait ``seconds``; for an outage, only until another call gets through."""
+        answers, deadline = self._answers, time.monotonic() + seconds
+        while not self._stop.wait(min(_WAKE_EVERY_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (self._waiting.outage and self._answers != answers):
+                return
+        raise InterruptedError("stopped while the warehouse was unavailable")
 
     def _tell(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

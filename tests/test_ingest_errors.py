@@ -199,6 +199,31 @@ class TestOutages:
         details = [kw.get("detail", "") for _, event, kw in log.lines if event == "warehouse not reachable yet"]
         assert details and all("Connection refused" in d for d in details)
 
+    @pytest.mark.parametrize("first_error", [ConnectionRefusedError("down"), None])
+    def test_a_call_that_gets_through_wakes_the_waits_for_an_outage(self, first_error: OSError | None) -> None:
+        """An insert waiting out a 30 s backoff tries again as soon as another call gets through
+        (the drain after an outage starts with the first answer); a wait for a refusal does not."""
+        told = threading.Event()
+        retry = Retry(Target("http://node/", "u", "db"), threading.Event(), lambda error, wait: told.set(),
+                      rejected_every_s=30)
+        retry._backoff = lambda state: 30.0  # type: ignore[method-assign]
+        failures = [first_error or WarehouseRejected("refused: a person must act")]
+        done: list[str] = []
+
+        def waiting() -> None:
+            def action() -> str:
+                if failures:
+                    raise failures.pop()
+                return "landed"
+            done.append(retry(action))
+
+        worker = threading.Thread(target=waiting, daemon=True)
+        worker.start()
+        assert told.wait(30)  # the worker sleeps out its wait
+        assert "ok" == retry(lambda: "ok")  # another call gets through
+        worker.join(5)  # (the wait itself is 30 s)
+        assert (["landed"] if first_error else []) == done
+
     def test_a_fault_of_the_code_is_raised_at_once_not_retried_as_an_outage(self) -> None:
         """An exception no client or network raises (here a TypeError) is a bug: raised as it
         is on the first attempt, never logged as the warehouse being unavailable."""
