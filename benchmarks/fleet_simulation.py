@@ -10,7 +10,7 @@ The plan runs through phases, each a segment of the writers' clock:
 1. warm-up (not measured) and steady state, at the real rate;
 2. the top of the hour, at the real rate: the burst starts and its DAG runs' task chains
    run on for a few minutes;
-3. steps of raised rate (``--steps``: the same plan replayed 3, 10, 20 times faster) to
+3. steps of raised rate (``--steps``: the same plan replayed 3, 10, 30 times faster) to
    find how the pipeline's cost per event and freshness move with the rate;
 4. a warehouse outage of ``--outage-minutes`` (10) of the fleet's events: the warehouse is
    stopped and the writers write those minutes' events at ``--outage-scale`` (10) times the
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--warm-up-s", type=float, default=30)
     parser.add_argument("--steady-s", type=float, default=90, help="real rate, before the top of the hour")
     parser.add_argument("--top-s", type=float, default=300, help="real rate, from the top of the hour")
-    parser.add_argument("--steps", type=lambda s: [float(k) for k in s.split(",") if k], default=[3, 10, 20],
+    parser.add_argument("--steps", type=lambda s: [float(k) for k in s.split(",") if k], default=[3, 10, 30],
                         help="raised rates, as multiples of the real rate (comma-separated)")
     parser.add_argument("--step-s", type=float, default=40, help="real seconds of each raised rate")
     parser.add_argument("--settle-s", type=float, default=20, help="real rate, before the outage")
