@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--outage-scale", type=float, default=10, help="how much faster the outage's events come")
     parser.add_argument("--after-s", type=float, default=120, help="real rate, after the warehouse is back")
     parser.add_argument("--idle-s", type=float, default=10, help="the baseline, before any event")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about two minutes")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about three minutes")
     args = parser.parse_args()
     if args.quick:
         args.warm_up_s, args.steady_s, args.top_s, args.steps, args.step_s = 10, 20, 40, [10], 15
