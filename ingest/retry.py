@@ -62,7 +62,15 @@ class PartitionLimit(Exception):
 
 
 class WarehouseUnavailable(IngestError):
-    """The warehouse did not answer, or failed for a reason that may pass (retried)."""
+    """The warehouse did not answer, or failed for a reason that may pass (retried).
+
+    ``unreachable``: no ClickHouse answered at all (refused, timed out, reset), as opposed to
+    a server that answered with an error that may pass (overloaded, a replica away).
+    """
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def classify(exc: Exception, target: Target) -> Exception:
     if isinstance(exc, (IngestError, DataError, PartitionLimit)):
         return exc  # already classified (a check of ours)
     if not isinstance(exc, DatabaseError):
-        return WarehouseUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}")
+        return WarehouseUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}", unreachable=True)
     code = code_of(exc)
     text = str(exc)
     if code in DATA_ERROR_CODES:
@@ -117,7 +125,7 @@ def classify(exc: Exception, target: Target) -> Exception:
     rejected = rejection(code, text, target)
     if rejected is not None:
         return rejected
-    return WarehouseUnavailable(text[:300])
+    return WarehouseUnavailable(text[:300], unreachable=code is None)  # no ClickHouse code: no answer
 
 
 def rejection(code: int | None, text: str, target: Target) -> WarehouseRejected | None:
@@ -166,11 +174,16 @@ class Retry:
     One instance serves every insert in flight.  When a call gets through, the calls
     waiting out an outage try again at once rather than sleeping out their backoff (up to
     ``max_backoff_s``): after an outage the backlog starts draining with the first answer.
+    With ``probe`` (a cheap call such as clickhouse-connect's ``ping``: True when the server
+    answers), a wait for a warehouse that did not answer at all asks it every
+    ``probe_every_s`` and ends when it answers; a server that answered with an error keeps
+    its backoff (probing would hammer one that is overloaded).
     """
 
     def __init__(self, target: Target, stop: threading.Event, on_retry: Callable[[IngestError, float], None],
                  *, max_backoff_s: float = 30.0, rejected_every_s: float = 30.0,
-                 give_up_rejected: bool = False) -> None:
+                 give_up_rejected: bool = False, probe: Callable[[], bool] | None = None,
+                 probe_every_s: float = 1.0) -> None:
         self.target = target
         self.give_up_rejected = give_up_rejected
         self._stop = stop
@@ -178,6 +191,8 @@ class Retry:
         self._rejected_every = rejected_every_s
         self._backoff = wait_random_exponential(multiplier=0.2, max=max_backoff_s, min=0.05)
         self._answers = 0  # calls that got through: a change wakes the waits for an outage
+        self._probe = probe
+        self._probe_every = probe_every_s
         self._waiting = threading.local()  # this thread's wait: for an outage (True) or a refusal
 
     def __call__(self, action: Callable[[], T]) -> T:
@@ -202,8 +217,10 @@ class Retry:
         return isinstance(error, WarehouseUnavailable)
 
     def _wait(self, state: RetryCallState) -> float:
-        refused = state.outcome is not None and isinstance(state.outcome.exception(), WarehouseRejected)
+        error = state.outcome.exception() if state.outcome is not None else None
+        refused = isinstance(error, WarehouseRejected)
         self._waiting.outage = not refused
+        self._waiting.probe = isinstance(error, WarehouseUnavailable) and error.unreachable
         if refused:
             return self._rejected_every  # a person must act: ask again slowly
         return float(self._backoff(state))
@@ -211,9 +228,16 @@ class Retry:
     def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``; for an outage, only until another call gets through."""
         answers, deadline = self._answers, time.monotonic() + seconds
+        probe_at = time.monotonic() + self._probe_every
         while not self._stop.wait(min(_WAKE_EVERY_S, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or (self._waiting.outage and self._answers != answers):
+            now = time.monotonic()
+            if now >= deadline or (self._waiting.outage and self._answers != answers):
                 return
+            if self._probe is not None and self._waiting.probe and now >= probe_at:
+                probe_at = now + self._probe_every
+                if self._probe():
+                    self._answers += 1  # the others waiting go too
+                    return
         raise InterruptedError("stopped while the warehouse was unavailable")
 
     def _tell(self, state: RetryCallState) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,7 +80,7 @@ class Ingester:
         """Use ``client`` (clickhouse-connect) for inserts from now on; ``target`` names
         where it points in messages."""
         retry = Retry(target or Target.of_client(client), self.stop, self._on_retry,
-                      rejected_every_s=self.config.rejected_retry_s)
+                      rejected_every_s=self.config.rejected_retry_s, probe=_pinger(client))
         self.writer = Writer(client, retry)
 
     def close(self) -> None:
@@ -397,6 +397,12 @@ class Ingester:
             self.log.error(f"warehouse refused the insert: {error}", retry_in_s=round(wait_s, 2))
         else:
             self.log.warning("warehouse unavailable, retrying", detail=str(error)[:300], wait_s=round(wait_s, 2))
+
+
+def _pinger(client: Any) -> Callable[[], bool] | None:
+    """clickhouse-connect's ``ping`` (True when the server answers; it never raises), if any."""
+    ping = getattr(client, "ping", None)
+    return ping if callable(ping) else None
 
 
 def retry_kind(error: IngestError) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from ingest.config import IngestConfig
 from ingest.errors import IngestError, WarehouseRejected
@@ -223,6 +224,37 @@ class TestOutages:
         assert "ok" == retry(lambda: "ok")  # another call gets through
         worker.join(5)  # (the wait itself is 30 s)
         assert (["landed"] if first_error else []) == done
+
+    @pytest.mark.parametrize("answered", [False, True])
+    def test_a_warehouse_that_did_not_answer_is_probed_until_it_does(self, answered: bool) -> None:
+        """Waiting out a 30 s backoff after no answer at all, the insert asks the warehouse's
+        ping every probe interval and goes as soon as it answers; after a server's own error
+        (a code: it answered, maybe overloaded) it is not probed and keeps its backoff."""
+        told, up = threading.Event(), threading.Event()
+        pings: list[bool] = []
+
+        def ping() -> bool:
+            pings.append(up.is_set())
+            return up.is_set()
+
+        retry = Retry(Target("http://node/", "u", "db"), threading.Event(), lambda error, wait: told.set(),
+                      probe=ping, probe_every_s=0.1)
+        retry._backoff = lambda state: 30.0  # type: ignore[method-assign]
+        failure = (OperationalError("Code: 241. DB::Exception: Memory limit exceeded") if answered
+                   else OperationalError("HTTPConnectionPool: Connection refused"))
+        failures, done = [failure], []
+
+        def action() -> str:
+            if failures:
+                raise failures.pop()
+            return "landed"
+
+        worker = threading.Thread(target=lambda: done.append(retry(action)), daemon=True)
+        worker.start()
+        assert told.wait(30)
+        up.set()
+        worker.join(5)  # (the backoff itself is 30 s)
+        assert (([], []) if answered else (["landed"], [True])) == (done, pings[-1:])
 
     def test_a_fault_of_the_code_is_raised_at_once_not_retried_as_an_outage(self) -> None:
         """An exception no client or network raises (here a TypeError) is a bug: raised as it
