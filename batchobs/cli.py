@@ -363,9 +363,10 @@ def _migrate_dry_run(layout: Layout) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from ingest.connect import connect_when_ready
     from ingest.errors import IngestError
     from ingest.retry import Target
-    from ingest.service import Ingester, connect_when_ready, stop_on_signals
+    from ingest.service import Ingester, stop_on_signals
     from warehouse.connection import home_dir, resolve
     from warehouse.migrate import migrations
 

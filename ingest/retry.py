@@ -29,7 +29,7 @@ from listener.tables import DEAD_LETTERS, EVENTS, SCHEMA_MIGRATIONS
 
 from .errors import IngestError, WarehouseRejected
 
-__all__ = ["DataError", "PartitionLimit", "Retry", "Target", "WarehouseUnavailable", "classify"]
+__all__ = ["DataError", "PartitionLimit", "Retry", "Target", "WarehouseUnavailable", "classify", "retry_kind"]
 
 T = TypeVar("T")
 
@@ -245,3 +245,8 @@ class Retry:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         if isinstance(error, IngestError):
             self._on_retry(error, wait)
+
+
+def retry_kind(error: IngestError) -> str:
+    """The ``kind`` label of the retries metric."""
+    return "rejected" if isinstance(error, WarehouseRejected) else "unavailable"

@@ -19,10 +19,11 @@ import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from ingest.config import IngestConfig
+from ingest.connect import connect_when_ready
 from ingest.errors import IngestError, WarehouseRejected
 from ingest.metrics import IngestMetrics
 from ingest.retry import Retry, Target
-from ingest.service import Ingester, connect_when_ready
+from ingest.service import Ingester
 from listener.contract import encode
 from listener.spool import Spool
 from listener.testing import history
