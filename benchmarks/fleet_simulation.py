@@ -34,11 +34,11 @@ Usage: python benchmarks/fleet_simulation.py [--quick] [--task-runs-per-hour 100
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,11 +49,12 @@ from bisect import bisect_left
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from batchobs.loopback import free_port  # noqa: E402
+from benchmarks._processes import cpu_s, ingester_env, peak_rss_mb  # noqa: E402
 from benchmarks._report import percentile, save  # noqa: E402
 from benchmarks.fleet_writer import Clock, plan  # noqa: E402
 from warehouse import embedded  # noqa: E402
@@ -63,30 +64,6 @@ from warehouse.migrate import apply  # noqa: E402
 BATCHOBS = str(Path(sys.executable).with_name("batchobs"))
 METRICS = {"batchobs_ingest_lag_bytes": "lag_bytes", "batchobs_ingest_lag_seconds": "lag_seconds",
            "batchobs_ingest_events_inserted_total": "inserted"}
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    try:
-        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if row.startswith("VmHWM:"):
-                return int(row.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sampler:
@@ -103,9 +80,8 @@ class Sampler:
 
     def cpu(self, pids: list[int]) -> float:
         for pid in pids:
-            now = proc_cpu_s(pid)
-            if now is not None:
-                self._cpu[pid] = now
+            with contextlib.suppress(OSError):  # exited: its last figure stands
+                self._cpu[pid] = cpu_s(pid)
         return sum(self._cpu.get(pid, 0.0) for pid in pids)
 
     def metrics(self) -> dict[str, float]:
@@ -247,13 +223,10 @@ def main() -> None:
         plans = plan(args.task_runs_per_hour, args.hosts, sim, top, args.burst_share, args.burst_minutes * 60)
         writers = start_writers(plans, tmp, spool, segments)
         procs += writers
-        url = (f"http://{quote(settings.username)}:{quote(settings.password)}@{settings.host}:{settings.port}"
-               f"/{settings.database}")
         metrics_port = free_port()
         ingester = subprocess.Popen(
             [BATCHOBS, "ingest", "--metrics-port", str(metrics_port)],
-            env=dict(os.environ, BATCHOBS_HOME=str(tmp / "home"), BATCHOBS_SPOOL_DIR=str(spool),
-                     BATCHOBS_CLICKHOUSE_URL=url),
+            env=ingester_env(settings, tmp / "home", BATCHOBS_SPOOL_DIR=str(spool)),
             stderr=open(tmp / "ingest.log", "ab"), cwd=ROOT)  # noqa: SIM115 - lives with the process
         procs.append(ingester)
         sampler = Sampler(ingester.pid, [w.pid for w in writers], f"http://127.0.0.1:{metrics_port}/metrics")
@@ -285,7 +258,7 @@ def main() -> None:
         server = embedded.start(data, port=port)
         restarted = time.time()
         sampler.engines.append(server.pid)
-        engine_start_cpu_s = proc_cpu_s(server.pid) or 0.0
+        engine_start_cpu_s = cpu_s(server.pid)
         at_restart = {"ingester": sampler.cpu([ingester.pid]), "engine": sampler.cpu(sampler.engines)}
         reports = []
         for w in writers:

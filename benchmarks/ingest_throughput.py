@@ -41,12 +41,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from batchobs.loopback import free_port, wait_http  # noqa: E402
+from benchmarks._processes import cpu_s, ingester_env, peak_rss_mb  # noqa: E402
 from benchmarks._report import percentile, save  # noqa: E402
 from ingest.config import BatchLimits, IngestConfig  # noqa: E402
 from ingest.writer import EVENT_SETTINGS, INSERT_SETTINGS  # noqa: E402
@@ -68,29 +68,9 @@ def fresh_table(client: object, ddl: list[str]) -> None:
         client.command(statement)  # type: ignore[attr-defined]
 
 
-def peak_rss_mb(pid: int) -> float:
-    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if row.startswith("VmHWM:"):
-            return int(row.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def ingester_env(settings: ClickHouseSettings, home: Path) -> dict[str, str]:
-    """The environment of an ingester process for ``settings`` (the URL carries the password)."""
-    url = (f"http://{quote(settings.username)}:{quote(settings.password)}@{settings.host}:{settings.port}"
-           f"/{settings.database}")
-    return dict(os.environ, BATCHOBS_HOME=str(home), BATCHOBS_CLICKHOUSE_URL=url)
 
 
 def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[float, float]:
@@ -100,10 +80,7 @@ def run_ingester(settings: ClickHouseSettings, home: Path, *args: str) -> tuple[
     proc = subprocess.Popen([BATCHOBS, "ingest", *args], env=env, stderr=open(home / "ingest.log", "ab"))  # noqa: SIM115 - lives with the process
     peak = 0.0
     while proc.poll() is None:
-        try:
-            peak = max(peak, peak_rss_mb(proc.pid))
-        except (FileNotFoundError, ProcessLookupError):
-            break
+        peak = max(peak, peak_rss_mb(proc.pid))
         time.sleep(0.05)
     return time.perf_counter() - started, peak
 
