@@ -223,7 +223,11 @@ class Ingester:
 
     def _backlog(self, files: list[SpoolFile], taken: dict[str, int]) -> int:
         """Bytes of the spool not yet read (nor in flight), as listed."""
-        return sum(max(0, f.size - taken.get(f.name, self.checkpoint.offsets.get(f.name, 0))) for f in files)
+        return sum(max(0, f.size - self._position(f.name, taken)) for f in files)
+
+    def _position(self, name: str, taken: dict[str, int]) -> int:
+        """Where reading ``name`` goes on: past what this batch or one in flight took, else the checkpoint."""
+        return taken.get(name, self.checkpoint.offsets.get(name, 0))
 
     def _next_chunk(self, file: SpoolFile, taken: dict[str, int], max_bytes: int, max_lines: int) -> Chunk | None:
         """The next chunk of ``file`` (at most ``max_bytes`` / ``max_lines``), or the loss
@@ -232,7 +236,7 @@ class Ingester:
         A file that cannot be read is skipped (with one warning): it never stops the others.
         """
         name = file.name
-        offset = taken.get(name, self.checkpoint.offsets.get(name, 0))
+        offset = self._position(name, taken)
         end, last = self._last_read.get(name, (-1, b""))
         try:
             got = spoolfiles.read_chunk(file, offset, max_bytes, self.config.max_line_bytes,
